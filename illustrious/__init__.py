@@ -1,0 +1,1 @@
+"""Illustrious: text-to-image diffusion training for illustration."""

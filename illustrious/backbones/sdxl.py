@@ -1,0 +1,127 @@
+"""SDXL: UNet2DConditionModel + CLIP-L + OpenCLIP-bigG (projected) + 4-channel VAE (or pixel space)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from illustrious.backbones.autoencoders import LatentAutoencoder
+from illustrious.backbones.base import Backbone, Conditioning
+from illustrious.backbones.text_encoders import (
+    CLIPPromptEncoder,
+    architecture_config,
+    clip_text_model,
+    load_tokenizer,
+    maybe_no_grad,
+)
+from illustrious.errors import ConfigError
+
+MICRO_CONDITIONING = ("original_size", "crop_top_left", "target_size")
+
+
+class SDXLBackbone(Backbone):
+    patch_size = 2  # no patches in a UNet; counts tokens as 2x2 latent patches, as Flux does, for shift schedules
+
+    def __init__(self, unet: nn.Module, text_encoder_1: CLIPPromptEncoder, text_encoder_2: CLIPPromptEncoder,
+                 autoencoder: nn.Module):
+        super().__init__(autoencoder)
+        self.denoiser = unet
+        self.text_encoders = nn.ModuleDict({"clip_l": text_encoder_1, "clip_g": text_encoder_2})
+        self.latent_channels = unet.config.in_channels
+        self.pixel_multiple = autoencoder.spatial_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        if autoencoder.latent_channels != self.latent_channels:
+            raise ConfigError(f"UNet takes {self.latent_channels} channels but the autoencoder makes {autoencoder.latent_channels}.")
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, autoencoder: nn.Module, tokenizer_1: str, tokenizer_2: str, unet: Mapping | None = None,
+                    text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None) -> SDXLBackbone:
+        """SDXL's architecture with `unet` / `text_encoder_*` overrides (tiny flavors change only widths).
+
+        Fields that follow from the other parts (channels, cross-attention width, the size of the added
+        embedding) are derived here rather than configured, so they cannot disagree.
+        """
+        from diffusers import UNet2DConditionModel
+
+        tok1, tok2 = load_tokenizer(tokenizer_1), load_tokenizer(tokenizer_2)
+        te1 = clip_text_model("sdxl_text_encoder", dict(text_encoder_1 or {}), tok1, with_projection=False)
+        te2 = clip_text_model("sdxl_text_encoder_2", dict(text_encoder_2 or {}), tok2, with_projection=True)
+        config = {**architecture_config("sdxl_unet"), **dict(unet or {})}
+        config.update(
+            in_channels=autoencoder.latent_channels,
+            out_channels=autoencoder.latent_channels,
+            cross_attention_dim=te1.config.hidden_size + te2.config.hidden_size,
+            projection_class_embeddings_input_dim=te2.config.projection_dim + 6 * config["addition_time_embed_dim"],
+        )
+        return cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1), CLIPPromptEncoder(tok2, te2),
+                   autoencoder)
+
+    @classmethod
+    def from_pretrained(cls, weights: str | None = None) -> SDXLBackbone:
+        """Load SDXL from a local diffusers folder (unet/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/)."""
+        if weights is None:
+            raise ConfigError(
+                "backbone=sdxl needs pretrained weights: set backbone.weights=/path/to/sdxl, a local diffusers folder "
+                "(unet/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/). Nothing is downloaded. "
+                "To train without weights on a CPU, use backbone=sdxl_tiny."
+            )
+        root = Path(weights).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"backbone.weights={weights!r} is not a folder; expected a local SDXL diffusers folder.")
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        def part(loader, sub):
+            if not (root / sub).is_dir():
+                raise ConfigError(f"{root} has no {sub}/ subfolder; an SDXL diffusers folder needs unet/, text_encoder/, "
+                                  "text_encoder_2/, tokenizer/, tokenizer_2/ and vae/.")
+            return loader(root / sub)
+
+        local = {"local_files_only": True}
+        unet = part(lambda p: UNet2DConditionModel.from_pretrained(p, **local), "unet")
+        te1 = part(lambda p: CLIPTextModel.from_pretrained(p, **local), "text_encoder")
+        te2 = part(lambda p: CLIPTextModelWithProjection.from_pretrained(p, **local), "text_encoder_2")
+        tok1 = part(lambda p: load_tokenizer(str(p)), "tokenizer")
+        tok2 = part(lambda p: load_tokenizer(str(p)), "tokenizer_2")
+        vae = part(lambda p: LatentAutoencoder.from_pretrained(str(p), subfolder=None), "vae")
+        return cls(unet, CLIPPromptEncoder(tok1, te1), CLIPPromptEncoder(tok2, te2), vae)
+
+    def save_pretrained(self, root: str | Path) -> None:
+        """Write a diffusers-layout folder that `from_pretrained` (and diffusers) can read back."""
+        root = Path(root)
+        self.denoiser.save_pretrained(root / "unet")
+        for sub, name in (("", "clip_l"), ("_2", "clip_g")):
+            enc = self.text_encoders[name]
+            enc.model.save_pretrained(root / f"text_encoder{sub}")
+            enc.tokenizer.save_pretrained(root / f"tokenizer{sub}")
+        if isinstance(self.autoencoder, LatentAutoencoder):
+            self.autoencoder.vae.save_pretrained(root / "vae")
+
+    # -- contract ---------------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> Conditioning:
+        with maybe_no_grad(self.text_encoders_frozen):
+            tokens_l, _ = self.text_encoders["clip_l"](prompts)
+            tokens_g, pooled = self.text_encoders["clip_g"](prompts)
+        return Conditioning(tokens=torch.cat([tokens_l, tokens_g], dim=-1), mask=None, pooled=pooled)
+
+    def time_ids(self, x_t: Tensor, batch_extras: Mapping | None) -> Tensor:
+        """SDXL micro-conditioning (original size, crop top-left, target size), (B, 6) in pixels as (h, w)."""
+        n = x_t.shape[0]
+        f = self.autoencoder.spatial_factor
+        size = torch.tensor([x_t.shape[-2] * f, x_t.shape[-1] * f], dtype=torch.float32)
+        defaults = {"original_size": size, "crop_top_left": torch.zeros(2), "target_size": size}
+        parts = []
+        for key in MICRO_CONDITIONING:
+            value = batch_extras.get(key) if batch_extras else None
+            value = defaults[key] if value is None else torch.as_tensor(value, dtype=torch.float32)
+            parts.append(value.to(x_t.device).reshape(-1, 2).expand(n, 2))
+        return torch.cat(parts, dim=1).to(x_t.dtype)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
+        added = {"text_embeds": cond.pooled.to(x_t.dtype), "time_ids": self.time_ids(x_t, batch_extras)}
+        # The UNet was trained on discrete steps k = 1000 t (DESIGN.md time convention).
+        return self.denoiser(x_t, 1000 * t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
+                             added_cond_kwargs=added, return_dict=False)[0]

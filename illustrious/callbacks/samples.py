@@ -1,0 +1,70 @@
+"""Sample images with their prompts every N steps and at the end of training (PNG + TensorBoard)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+
+from illustrious.eval.composition import to_uint8
+from illustrious.sampling.grid import image_grid
+
+log = logging.getLogger(__name__)
+
+
+def sample_images(trainer: L.Trainer, module, prompts: list[str], height: int, width: int, **settings) -> np.ndarray:
+    """Generate under the trainer's precision; returns (N, H, W, 3) uint8."""
+    with trainer.precision_plugin.forward_context():
+        pixels = module.generate(prompts, height=height, width=width, **settings)
+    return to_uint8(pixels)
+
+
+def image_size(trainer: L.Trainer, height: int | None, width: int | None) -> tuple[int, int]:
+    dm_size = getattr(trainer.datamodule, "image_size", None)
+    if height and width:
+        return height, width
+    if dm_size is None:
+        raise ValueError("Set callbacks.samples.height/width: the data module does not say its image size.")
+    return dm_size
+
+
+class SampleGrid(L.Callback):
+    """`prompts` if given, else the data module's held-out prompts (`sample_prompts(n)`)."""
+
+    def __init__(self, every_n_steps: int = 0, num_prompts: int = 16, prompts: list[str] | None = None,
+                 height: int | None = None, width: int | None = None, columns: int = 8, seed: int = 0):
+        self.every_n_steps, self.num_prompts, self.prompts = every_n_steps, num_prompts, prompts
+        self.height, self.width, self.columns, self.seed = height, width, columns, seed
+        self.last_path: Path | None = None
+
+    def _prompts(self, trainer) -> list[str]:
+        if self.prompts:
+            return list(self.prompts)
+        if hasattr(trainer.datamodule, "sample_prompts"):
+            return trainer.datamodule.sample_prompts(self.num_prompts)
+        raise ValueError("Set callbacks.samples.prompts: the data module offers no sample prompts.")
+
+    def _write(self, trainer, module, name: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        prompts = self._prompts(trainer)
+        h, w = image_size(trainer, self.height, self.width)
+        images = sample_images(trainer, module, prompts, h, w, seed=self.seed)
+        out = Path(trainer.default_root_dir) / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        self.last_path = out / f"{name}.png"
+        image_grid(images, prompts, columns=self.columns).save(self.last_path)
+        log.info("Samples written to %s", self.last_path)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_images"):
+            experiment.add_images("samples", images, global_step=trainer.global_step, dataformats="NHWC")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step < (trainer.max_steps or 0):
+            self._write(trainer, module, f"step_{step:06d}")
+
+    def on_train_end(self, trainer, module) -> None:
+        self._write(trainer, module, f"final_step_{trainer.global_step:06d}")

@@ -1,0 +1,74 @@
+"""Config checks that run before anything heavy is imported or built, and clearer composition errors."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from illustrious.errors import ConfigError
+
+PACKAGE_CONF = Path(__file__).parent / "conf"  # in an installed wheel
+REPO_CONF = Path(__file__).resolve().parents[1] / "conf"  # in a checkout
+CONF_DIR = PACKAGE_CONF if PACKAGE_CONF.is_dir() else REPO_CONF
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject settings that cannot work, naming the field and what to do."""
+    steps, epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")
+    if (steps is None or steps == 0 or steps < -1) or (steps == -1 and not epochs):
+        raise ConfigError(f"trainer.max_steps={steps}: set a positive number of steps (or trainer.max_epochs).")
+    lr, te_lr = cfg.optim.get("lr"), cfg.optim.get("text_encoder_lr")
+    if lr is None or lr < 0 or (te_lr is not None and te_lr < 0):
+        raise ConfigError(f"optim.lr={lr}, optim.text_encoder_lr={te_lr}: learning rates must be >= 0 (0 freezes).")
+    if not lr and not te_lr:
+        raise ConfigError("optim.lr and optim.text_encoder_lr are both 0: nothing would train.")
+    if cfg.sampling.steps < 1:
+        raise ConfigError(f"sampling.steps={cfg.sampling.steps}: must be >= 1.")
+
+
+def explain_composition_error(overrides: list[str]) -> str | None:
+    """After Hydra rejects an override of a key that does not exist, name the keys that do.
+
+    Hydra's own message says the key is missing but not which keys exist; composing again with only
+    the group choices lets us list them, closest match first. Returns None when that is not the problem.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return None
+    group_names = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    groups, keys = [], []
+    for o in parsed:
+        name = o.key_or_group
+        if o.is_hydra_override() or o.is_delete():
+            continue
+        if name.split("/")[0] in group_names and "." not in name:
+            value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.value()
+            groups.append(f"{'+' if o.is_add() else ''}{name}={value}")
+        elif not o.is_add() and not o.is_force_add():
+            keys.append(name)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=groups)
+    except Exception:
+        return None  # a bad group choice: Hydra's message already lists the options
+    finally:
+        GlobalHydra.instance().clear()
+    for key in keys:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
+        if isinstance(parent, DictConfig) and leaf not in parent:
+            valid = sorted(str(k) for k in parent.keys())
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            where = f"'{parent_key}'" if parent_key else "the top level"
+            hint = f" Did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close else ""
+            return (f"'{key}' is not a setting.{hint}\nValid keys under {where}: {', '.join(valid)}\n"
+                    f"(To add a new key on purpose, write +{key}=...)")
+    return None

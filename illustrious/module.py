@@ -1,0 +1,83 @@
+"""DiffusionModule: the one place where a backbone, an objective and a batch meet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from illustrious.backbones.base import Backbone
+from illustrious.objectives.base import Objective
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains any `Backbone` with any `Objective`.
+
+    `optimizer` and `lr_scheduler` are partials (Hydra `_partial_: true`) completed with the parameter
+    groups and the optimizer; `lr` is the denoiser's learning rate and `text_encoder_lr` the text
+    encoders' (None = same as `lr`, 0 = frozen).
+    """
+
+    # Read by Lightning's ThroughputMonitor to report FLOP/s and MFU; None until something measures it.
+    flops_per_batch: int | None = None
+
+    def __init__(self, backbone: Backbone, objective: Objective, optimizer: Callable, lr: float,
+                 text_encoder_lr: float | None = None, lr_scheduler: Callable | None = None,
+                 sampling: Mapping | None = None, config: Mapping | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.lrs = {"denoiser": lr, "text_encoders": lr if text_encoder_lr is None else text_encoder_lr}
+        self.backbone.parameter_groups(self.lrs)  # freeze now, so summaries and the first step agree
+        self.sampling = dict(sampling or {})
+        self.config = dict(config or {})  # the composed run config, stored in checkpoints for sampling later
+
+    # -- training -----------------------------------------------------------------------------------------
+    def latents(self, batch: Mapping) -> Tensor:
+        if "latents" in batch:
+            return batch["latents"]
+        return self.backbone.encode_image(batch["pixels"])
+
+    def training_step(self, batch: Mapping, batch_idx: int) -> Tensor:
+        x0 = self.latents(batch)
+        cond = self.backbone.encode_text(batch["captions"])
+        noise = self.objective.sample_noise(x0)
+        t = self.objective.sample_t(x0.shape[0], image_seq_len=self.backbone.image_seq_len(x0), device=x0.device)
+        x_t = self.objective.add_noise(x0, self.objective.input_noise(noise), t)
+        pred = self.backbone(x_t, t, cond, batch)
+        target = self.objective.target(x0, noise, t)
+        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        loss = (per_sample * self.objective.loss_weight(t)).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.backbone.parameter_groups(self.lrs))
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # the norm before clipping, every logging step only (it costs a pass over all gradients)
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), batch_size=1)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["illustrious_config"] = self.config
+
+    # -- sampling ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, height: int, width: int, **overrides) -> Tensor:
+        """Images for `prompts` with this module's sampling settings (overridable); pixels in [-1, 1]."""
+        from illustrious.sampling.generate import generate
+
+        settings = {**self.sampling, **overrides}
+        return generate(self.backbone, self.objective, prompts, height=height, width=width, **settings)

@@ -1,0 +1,47 @@
+"""`python -m illustrious.run [group=option ...] [key=value ...]`: compose a config with Hydra and train.
+
+With no arguments it trains the tiny default on synthetic shapes on the CPU. `--help` lists the config
+groups, `--cfg job` prints the composed config (fast: nothing heavy is imported until training starts),
+`-m` sweeps, locally or with `hydra/launcher=slurm`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from illustrious.config import CONF_DIR
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    import logging
+
+    from illustrious.train import train
+
+    # Hydra owns logging on the command line (console + run.log); Lightning's package-level console
+    # handler would print every line a second time.
+    logging.getLogger("lightning").handlers.clear()
+    metrics, _ = train(cfg)
+    # the value a sweeper optimises, when one is configured
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+
+
+def entry() -> None:
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            from illustrious.config import explain_composition_error
+
+            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+            hint = explain_composition_error(overrides)
+            if hint:
+                print(hint, file=sys.stderr)
+        raise
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,80 @@
+"""train(cfg) -> (metrics, objects): instantiate the parts, fit, report. A plain function, usable from notebooks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from illustrious.config import validate
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig):
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from illustrious.checkpoint_io import SafetensorsCheckpointIO
+
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    plugins = [SafetensorsCheckpointIO(allow_pickle=cfg.allow_pickle)]
+    return L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks, logger=logger,
+                     plugins=plugins)
+
+
+def build_module(cfg: DictConfig, backbone=None):
+    """The LightningModule a config describes (the backbone may be passed in already built)."""
+    from hydra.utils import instantiate
+
+    from illustrious.module import DiffusionModule
+
+    backbone = backbone if backbone is not None else instantiate(cfg.backbone)
+    optim = instantiate(cfg.optim)
+    return DiffusionModule(
+        backbone=backbone,
+        objective=instantiate(cfg.objective),
+        optimizer=optim.optimizer,
+        lr_scheduler=optim.get("lr_scheduler"),
+        lr=optim.lr,
+        text_encoder_lr=optim.get("text_encoder_lr"),
+        sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """An explicit `ckpt_path`, else the run's last checkpoint when `resume` is on and one exists."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.safetensors"
+    if cfg.resume and last.is_file():
+        log.info("Resuming from %s", last)
+        return str(last)
+    return None
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """Fit the configured module; returns the final metrics and the objects (trainer, module, datamodule)."""
+    validate(cfg)
+    import lightning as L
+    from hydra.utils import instantiate
+
+    L.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg)  # Lightning checks trainer settings here, before anything heavy is built
+    datamodule = instantiate(cfg.data, captions=instantiate(cfg.captions))
+    backbone = instantiate(cfg.backbone)
+    if hasattr(datamodule, "check_pixel_multiple"):
+        datamodule.check_pixel_multiple(backbone.pixel_multiple)
+    module = build_module(cfg, backbone)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics["global_step"] = trainer.global_step
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
