@@ -14,6 +14,23 @@ REPO_CONF = Path(__file__).resolve().parents[1] / "conf"  # in a checkout
 CONF_DIR = PACKAGE_CONF if PACKAGE_CONF.is_dir() else REPO_CONF
 
 
+def instantiate(node, **kwargs):
+    """Hydra's instantiate, but our own configuration errors surface as themselves, not wrapped in
+    Hydra's InstantiationException (whose message buries the one that says what to do)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, (ConfigError, FileNotFoundError)):
+            raise cause from None
+        raise
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject settings that cannot work, naming the field and what to do."""
     steps, epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")

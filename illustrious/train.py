@@ -8,14 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from illustrious.config import validate
+from illustrious.config import instantiate, validate
 
 log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig):
     import lightning as L
-    from hydra.utils import instantiate
 
     from illustrious.checkpoint_io import SafetensorsCheckpointIO
 
@@ -28,7 +27,6 @@ def build_trainer(cfg: DictConfig):
 
 def build_module(cfg: DictConfig, backbone=None):
     """The LightningModule a config describes (the backbone may be passed in already built)."""
-    from hydra.utils import instantiate
 
     from illustrious.module import DiffusionModule
 
@@ -61,7 +59,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     """Fit the configured module; returns the final metrics and the objects (trainer, module, datamodule)."""
     validate(cfg)
     import lightning as L
-    from hydra.utils import instantiate
 
     L.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # Lightning checks trainer settings here, before anything heavy is built

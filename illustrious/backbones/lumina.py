@@ -64,10 +64,11 @@ class LuminaBackbone(Backbone):
         root = Path(weights).expanduser()
         if not root.is_dir():
             raise ConfigError(f"backbone.weights={weights!r} is not a folder; expected a local Lumina-2 diffusers folder.")
-        for sub in ("transformer", "text_encoder", "tokenizer", "vae"):
-            if not (root / sub).is_dir():
-                raise ConfigError(f"{root} has no {sub}/ subfolder; a Lumina-2 diffusers folder needs transformer/, "
-                                  "text_encoder/, tokenizer/ and vae/.")
+        parts = ("transformer", "text_encoder", "tokenizer", "vae")
+        missing = [p for p in parts if not (root / p).is_dir()]
+        if missing:
+            raise ConfigError(f"{root} has no {', '.join(p + '/' for p in missing)} subfolder(s); a Lumina-2 diffusers "
+                              f"folder needs {', '.join(p + '/' for p in parts)}.")
         from diffusers import Lumina2Transformer2DModel
         from transformers import Gemma2Model
 

@@ -71,22 +71,19 @@ class SDXLBackbone(Backbone):
         root = Path(weights).expanduser()
         if not root.is_dir():
             raise ConfigError(f"backbone.weights={weights!r} is not a folder; expected a local SDXL diffusers folder.")
+        parts = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+        missing = [p for p in parts if not (root / p).is_dir()]
+        if missing:
+            raise ConfigError(f"{root} has no {', '.join(p + '/' for p in missing)} subfolder(s); an SDXL diffusers "
+                              f"folder needs {', '.join(p + '/' for p in parts)}.")
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        def part(loader, sub):
-            if not (root / sub).is_dir():
-                raise ConfigError(f"{root} has no {sub}/ subfolder; an SDXL diffusers folder needs unet/, text_encoder/, "
-                                  "text_encoder_2/, tokenizer/, tokenizer_2/ and vae/.")
-            return loader(root / sub)
-
-        local = {"local_files_only": True}
-        unet = part(lambda p: UNet2DConditionModel.from_pretrained(p, **local), "unet")
-        te1 = part(lambda p: CLIPTextModel.from_pretrained(p, **local), "text_encoder")
-        te2 = part(lambda p: CLIPTextModelWithProjection.from_pretrained(p, **local), "text_encoder_2")
-        tok1 = part(lambda p: load_tokenizer(str(p)), "tokenizer")
-        tok2 = part(lambda p: load_tokenizer(str(p)), "tokenizer_2")
-        vae = part(lambda p: LatentAutoencoder.from_pretrained(str(p), subfolder=None), "vae")
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True)
+        te1 = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True)
+        te2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", local_files_only=True)
+        tok1, tok2 = load_tokenizer(str(root / "tokenizer")), load_tokenizer(str(root / "tokenizer_2"))
+        vae = LatentAutoencoder.from_pretrained(str(root / "vae"), subfolder=None)
         return cls(unet, CLIPPromptEncoder(tok1, te1), CLIPPromptEncoder(tok2, te2), vae)
 
     def save_pretrained(self, root: str | Path) -> None:

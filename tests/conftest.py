@@ -1,0 +1,60 @@
+"""Shared fixtures: compose the real Hydra config with overrides, fast settings for tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests use few threads so parallel workers do not oversubscribe small CI machines.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Settings that keep a training run to seconds: tiny data, two sampling steps, a few eval samples.
+FAST = [
+    "trainer.max_steps=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.batch_size=4",
+    "data.length=64",
+    "sampling.steps=2",
+    "callbacks.samples.num_prompts=2",
+    "callbacks.composition.num_samples=4",
+    "callbacks.throughput=null",
+    "optim.lr_scheduler.num_warmup_steps=1",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from illustrious.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """make_config(*overrides, fast=True) -> a composed DictConfig writing into tmp_path."""
+
+    def make(*overrides: str, fast: bool = True, output_dir: Path | None = None):
+        return compose_config([*(FAST if fast else []), *overrides], output_dir or tmp_path)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300):
+    """Run `python -m illustrious.run ...` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "illustrious.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
