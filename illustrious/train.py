@@ -63,6 +63,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     L.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # Lightning checks trainer settings here, before anything heavy is built
     datamodule = instantiate(cfg.data, captions=instantiate(cfg.captions))
+    if hasattr(datamodule, "check"):
+        datamodule.check()  # missing or empty data stops the run here, before any model is built
     backbone = instantiate(cfg.backbone)
     if hasattr(datamodule, "check_pixel_multiple"):
         datamodule.check_pixel_multiple(backbone.pixel_multiple)
