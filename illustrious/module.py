@@ -69,6 +69,20 @@ class DiffusionModule(L.LightningModule):
             if grads:
                 self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), batch_size=1)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning refuses to clip for optimizers that unscale inside step() (fused AdamW) under mixed
+        # precision even when no gradient scaler exists (bf16); without a scaler the gradients are true
+        # gradients and clipping them directly is exact.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if gradient_clip_val and scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["illustrious_config"] = self.config

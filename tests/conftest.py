@@ -11,8 +11,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Tests use few threads so parallel workers do not oversubscribe small CI machines.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Each test process gets its share of the cores: oversubscribed OpenMP threads spin-wait and can make
+# CPU training many times slower. Subprocesses (CLI runs, notebook kernels) inherit the same limit.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
 # Settings that keep a training run to seconds: tiny data, two sampling steps, a few eval samples.
 FAST = [
