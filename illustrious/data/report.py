@@ -1,0 +1,73 @@
+"""What was skipped and why: counts per problem and every path, as JSON next to the manifest and in the log.
+
+Problems (each skips what it names and nothing else):
+  unreadable_image     not an image Pillow can open: zero bytes, corrupt header, unknown format, no permission
+  decompression_bomb   the header claims more pixels than data.bomb_megapixels
+  decode_failed        the header was fine but the pixels are not (truncated, corrupt data); found in training
+  caption_undecodable  the .txt is not UTF-8 text (the image keeps its other caption, if any)
+  json_broken          the .json is not a JSON object (the image keeps its .txt caption, if any)
+  sidecar_unreadable   a sidecar could not be read (I/O error, permission)
+  missing_caption      no usable caption at all (with data.require_caption=true the image is skipped)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Problems that take an image out of training (the others only lose a sidecar).
+SKIPS_IMAGE = {"unreadable_image", "decompression_bomb", "decode_failed", "missing_caption"}
+
+
+class ProblemReport:
+    """Problem -> [(path, detail)], in the order found."""
+
+    def __init__(self, problems: dict[str, list[tuple[str, str]]] | None = None):
+        self.problems: dict[str, list[tuple[str, str]]] = {k: list(map(tuple, v)) for k, v in (problems or {}).items()}
+
+    def add(self, reason: str, path: str, detail: str = "") -> None:
+        self.problems.setdefault(reason, []).append((path, detail))
+
+    def extend(self, items: Iterable[tuple[str, str, str]]) -> None:
+        for reason, path, detail in items:
+            self.add(reason, path, detail)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in sorted(self.problems.items())}
+
+    def paths(self, reason: str) -> list[str]:
+        return [p for p, _ in self.problems.get(reason, [])]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.problems.values())
+
+    def summary(self) -> str:
+        if not self.problems:
+            return "no problems"
+        return ", ".join(f"{n} {reason}" for reason, n in self.counts().items())
+
+    def to_json(self, **extra) -> dict:
+        return {**extra, "counts": self.counts(),
+                "problems": {k: [{"path": p, "detail": d} for p, d in v] for k, v in sorted(self.problems.items())}}
+
+    def write(self, path: Path, **extra) -> None:
+        write_json_atomic(path, self.to_json(**extra))
+
+    @staticmethod
+    def read(path: Path) -> ProblemReport:
+        data = json.loads(Path(path).read_text())
+        return ProblemReport({k: [(e["path"], e["detail"]) for e in v] for k, v in data.get("problems", {}).items()})
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary file and rename: a reader (another rank) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)

@@ -1,0 +1,138 @@
+"""The bucket batch sampler: every batch from one bucket, seeded per epoch, sharded by rank, resumable.
+
+Epoch e's batches are a pure function of (seed, e, bucket assignment, batch size): each bucket's members
+are shuffled and cut into batches (a bucket's last, short batch is filled up with other members of the
+same bucket, so every sample is seen each epoch and every batch has `batch_size` samples; or dropped
+with `drop_last`), and the batch order is shuffled. Under DDP the global batch list is padded (by
+repeating its first batches) or, with `drop_last`, cut to a multiple of the world size, and rank r takes
+batches r, r + W, r + 2W, ...: disjoint, equal-length shares, so after k steps on every rank exactly the
+first k * W global batches are done. The position is therefore one number, `offset`, which survives a
+change of world size on resume.
+
+It yields lists of indices for a dataset whose items are whole batches (DataLoader(sampler=...,
+batch_size=None)). It subclasses `DistributedSampler` only so that Lightning, which wraps any other
+sampler in a `DistributedSamplerWrapper` when `use_distributed_sampler=True`, leaves it alone: it already
+shards by rank, and a second sharding would both drop data and break resumption.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data.distributed import DistributedSampler
+
+log = logging.getLogger(__name__)
+
+
+def group_by_bucket(bucket_ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Bucket -> indices of its members, ascending."""
+    bucket_ids = np.asarray(bucket_ids)
+    order = np.argsort(bucket_ids, kind="stable")
+    buckets, starts = np.unique(bucket_ids[order], return_index=True)
+    return {int(b): order[s:e] for b, s, e in zip(buckets, starts, [*starts[1:], len(order)], strict=True)}
+
+
+class BucketBatchSampler(DistributedSampler):
+    def __init__(self, bucket_ids, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False, shuffle: bool = True):
+        # DistributedSampler.__init__ wants a dataset and a process group; we have neither and need neither.
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.bucket_ids = np.asarray(bucket_ids, dtype=np.int64)
+        self.members = group_by_bucket(self.bucket_ids)
+        self.batch_size, self.seed, self.drop_last, self.shuffle = batch_size, seed, drop_last, shuffle
+        self.rank, self.num_replicas = rank, world_size
+        self.epoch = 0
+        self.offset = 0  # global batches of this epoch already done (where the next iteration starts)
+        self._resumed = (0, 0)  # (offset, per-rank count) the current epoch was resumed at
+        if self.batches_per_epoch() == 0:
+            raise ValueError(f"{len(self.bucket_ids)} samples make no batch of {batch_size} per rank for "
+                             f"{world_size} ranks with drop_last={drop_last}")
+
+    # -- the epoch's batches ------------------------------------------------------------------------------
+    def global_batches(self, epoch: int) -> np.ndarray:
+        """(T, batch_size) indices: all batches of `epoch` in global order, before padding for ranks."""
+        rng = np.random.default_rng([self.seed, epoch])
+        rows = []
+        for bucket in sorted(self.members):
+            members = self.members[bucket]
+            perm = rng.permutation(members) if self.shuffle else members
+            full = len(perm) // self.batch_size
+            if full:
+                rows.append(perm[:full * self.batch_size].reshape(full, self.batch_size))
+            rest = perm[full * self.batch_size:]
+            if len(rest) and not self.drop_last:
+                others = perm[:full * self.batch_size]
+                fill_from = others if len(others) >= self.batch_size - len(rest) else members
+                fill = rng.choice(fill_from, self.batch_size - len(rest), replace=len(fill_from) < self.batch_size)
+                rows.append(np.concatenate([rest, fill])[None])
+        batches = np.concatenate(rows) if rows else np.empty((0, self.batch_size), dtype=np.int64)
+        return batches[rng.permutation(len(batches))] if self.shuffle else batches
+
+    def padded_length(self, total: int) -> int:
+        w = self.num_replicas
+        return (total // w) * w if self.drop_last else -(-total // w) * w
+
+    def batches_per_epoch(self) -> int:
+        """Batches each rank gets in a whole epoch."""
+        return self.padded_length(self._count_batches()) // self.num_replicas
+
+    def _count_batches(self) -> int:
+        sizes = np.array([len(m) for m in self.members.values()])
+        return int((sizes // self.batch_size).sum() + (0 if self.drop_last else (sizes % self.batch_size > 0).sum()))
+
+    def rank_batches(self, epoch: int, offset: int = 0) -> np.ndarray:
+        """This rank's batches of `epoch` that start at or after global position `offset`."""
+        batches = self.global_batches(epoch)
+        length = self.padded_length(len(batches))
+        if length > len(batches):
+            batches = np.concatenate([batches, batches[:length - len(batches)]])
+        return batches[:length][offset + self.rank::self.num_replicas]
+
+    # -- sampler protocol -------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[list[int]]:
+        offset, self.offset = self.offset, 0  # a resume position is used once
+        for batch in self.rank_batches(self.epoch, offset):
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # Lightning also calls this for the epoch a resumed run continues
+            self.epoch, self.offset, self._resumed = epoch, 0, (0, 0)
+
+    # -- resuming ---------------------------------------------------------------------------------------
+    def state_dict(self, batches_done: int) -> dict:
+        """The position after this rank has finished `batches_done` batches of the current epoch
+        (counting from the epoch's start, as Lightning's progress does, also across a resume)."""
+        resumed_offset, resumed_count = self._resumed
+        offset = resumed_offset + (batches_done - resumed_count) * self.num_replicas
+        epoch = self.epoch
+        if offset >= self.padded_length(self._count_batches()):  # the epoch is complete: the next one starts
+            epoch, offset, batches_done = epoch + 1, 0, 0
+        return {"epoch": epoch, "offset": offset, "batches_done": batches_done,
+                "world_size": self.num_replicas, "seed": self.seed, "batch_size": self.batch_size,
+                "num_samples": len(self.bucket_ids), "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` was taken; a different data set, seed or batch size restarts the epoch."""
+        same_data = all(state.get(k) == v for k, v in (("seed", self.seed), ("batch_size", self.batch_size),
+                                                      ("num_samples", len(self.bucket_ids)),
+                                                      ("drop_last", self.drop_last)))
+        self.epoch = int(state["epoch"])
+        if not same_data:
+            log.warning("The data, seed or batch size changed since the checkpoint; epoch %d restarts from its "
+                        "first batch.", self.epoch)
+            self.offset, self._resumed = 0, (0, int(state.get("batches_done", 0)))
+            return
+        self.offset = int(state["offset"])
+        self._resumed = (self.offset, int(state["batches_done"]))
+        if state.get("world_size") != self.num_replicas:
+            log.warning("Resuming with %d ranks where the checkpoint had %s: the epoch continues at global batch "
+                        "%d, so its last steps may be fewer or more than Lightning counts.",
+                        self.num_replicas, state.get("world_size"), self.offset)

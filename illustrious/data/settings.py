@@ -1,0 +1,86 @@
+"""Preprocessing and bucket settings shared by every real-image source (folder, WebDataset, latent cache).
+
+The values are the flat `data.*` keys of `conf/data/folder.yaml` and `conf/data/webdataset.yaml`; they are
+checked here, when the data module is built, so a bad value stops the run before any work starts and the
+message names the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from illustrious.errors import ConfigError
+
+CROP_MODES = ("center", "random")
+MEGAPIXEL = 1_000_000
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How an image becomes a training sample (defaults: the Illustrious paper's real-flavor settings)."""
+
+    min_side: int = 768  # images whose shorter side is smaller are dropped
+    max_aspect: float = 10.0  # images (and buckets) more elongated than 1:max_aspect are dropped
+    max_megapixels: float = 4.0  # larger images count as downscaled to this pixel budget (original_size)
+    bomb_megapixels: float = 178.0  # a header claiming more pixels is refused as a decompression bomb
+    bucket_megapixels: tuple[float, float] = (0.15, 2.25)  # pixel-area range the buckets cover
+    bucket_step: int = 128  # bucket levels: square-equivalent sides in steps of this many pixels
+    bucket_multiple: int | None = None  # bucket sides are multiples of this; None = the backbone's pixel_multiple
+    crop: str = "center"  # center or random
+
+    def __post_init__(self):
+        object.__setattr__(self, "bucket_megapixels", tuple(float(v) for v in self.bucket_megapixels))
+        low_high = self.bucket_megapixels
+        if self.min_side < 1:
+            raise ConfigError(f"data.min_side={self.min_side}: must be >= 1 pixel.")
+        if not self.max_aspect >= 1:
+            raise ConfigError(f"data.max_aspect={self.max_aspect}: must be >= 1 (10 means up to 1:10 or 10:1).")
+        if not self.max_megapixels > 0:
+            raise ConfigError(f"data.max_megapixels={self.max_megapixels}: must be > 0.")
+        if not self.bomb_megapixels >= self.max_megapixels:
+            raise ConfigError(f"data.bomb_megapixels={self.bomb_megapixels} must be >= data.max_megapixels="
+                              f"{self.max_megapixels}: it is the size beyond which a file is refused as a bomb.")
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ConfigError(f"data.bucket_megapixels={list(low_high)}: give [min, max] with 0 < min <= max, "
+                              "e.g. [0.15, 2.25].")
+        if self.bucket_step < 1:
+            raise ConfigError(f"data.bucket_step={self.bucket_step}: must be >= 1 pixel.")
+        if self.bucket_multiple is not None and self.bucket_multiple < 1:
+            raise ConfigError(f"data.bucket_multiple={self.bucket_multiple}: must be >= 1, or null to use the "
+                              "backbone's pixel_multiple.")
+        if self.crop not in CROP_MODES:
+            raise ConfigError(f"data.crop={self.crop!r}: must be one of {', '.join(CROP_MODES)}.")
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * MEGAPIXEL)
+
+    @property
+    def bomb_pixels(self) -> int:
+        return int(self.bomb_megapixels * MEGAPIXEL)
+
+    @property
+    def bucket_area_range(self) -> tuple[int, int]:
+        return int(self.bucket_megapixels[0] * MEGAPIXEL), int(self.bucket_megapixels[1] * MEGAPIXEL)
+
+    def keeps(self, width: int, height: int) -> str | None:
+        """None if an image of this (oriented) size is kept, else why it is dropped."""
+        if min(width, height) < self.min_side:
+            return "too_small"
+        if max(width, height) > self.max_aspect * min(width, height):
+            return "too_elongated"
+        return None
+
+    def original_size(self, width: int, height: int) -> tuple[int, int]:
+        """(h, w) of the image after the pixel-budget downscale: what SDXL's `original_size` records."""
+        scale = min(1.0, math.sqrt(self.max_pixels / (width * height)))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def with_multiple(self, multiple: int) -> ImageSettings:
+        return ImageSettings(**{**asdict(self), "bucket_multiple": multiple})
+
+    def fingerprint(self) -> dict:
+        """What decides a sample's pixels and sizes (part of the latent-cache key)."""
+        keys = ("max_megapixels", "bucket_megapixels", "bucket_step", "bucket_multiple", "max_aspect", "crop")
+        return {k: getattr(self, k) for k in keys}

@@ -1,0 +1,146 @@
+"""`data=webdataset`: streaming tar shards (e.g. written by `python -m illustrious.make_shards`) on a cluster.
+
+Shards are split across ranks (rank and world size from the trainer) and DataLoader workers, or, with
+`resampled=true`, drawn at random by each of them; samples are bucketed per sample with a buffer (see
+webdataset_stream.py) into the same batch format as `data=folder`. Every rank yields the same number of
+batches per epoch (from `index.json`'s sample count, or `batches_per_epoch`), so DDP never waits on a
+rank that ran dry. A streamed epoch resumes from its start, not from the exact batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from illustrious.data.bucketed_datamodule import BucketedDataModule
+from illustrious.data.captions import CaptionPipeline
+from illustrious.data.folder_dataset import caption_variants
+from illustrious.data.settings import ImageSettings
+from illustrious.data.shard_writer import INDEX
+from illustrious.data.sidecars import TAG_CATEGORIES
+from illustrious.data.webdataset_stream import BucketBatcher, per_worker, stream
+from illustrious.errors import ConfigError
+
+log = logging.getLogger(__name__)
+REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://")
+
+
+class EpochStream(IterableDataset):
+    """The pipeline with a length (batches per rank and epoch), for Lightning's progress and epoch end."""
+
+    def __init__(self, pipeline, length: int):
+        self.pipeline, self.length = pipeline, length
+
+    def __iter__(self):
+        return iter(self.pipeline)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class WebDataModule(BucketedDataModule):
+    def __init__(self, urls: str | list[str] | None = None, batches_per_epoch: int | None = None,
+                 resampled: bool = False, shuffle_buffer: int = 1000, bucket_buffer: int = 512,
+                 require_caption: bool = True, txt_style: str = "tags", min_side: int = 768, max_aspect: float = 10.0,
+                 max_megapixels: float = 4.0, bomb_megapixels: float = 178.0, bucket_megapixels=(0.15, 2.25),
+                 bucket_step: int = 128, bucket_multiple: int | None = None, crop: str = "center",
+                 drop_last: bool = False, batch_size: int = 8, num_workers: int = 4, seed: int = 0,
+                 captions: CaptionPipeline | None = None):
+        settings = ImageSettings(min_side=min_side, max_aspect=max_aspect, max_megapixels=max_megapixels,
+                                 bomb_megapixels=bomb_megapixels, bucket_megapixels=tuple(bucket_megapixels),
+                                 bucket_step=bucket_step, bucket_multiple=bucket_multiple, crop=crop)
+        super().__init__(settings, batch_size, num_workers, seed, captions)
+        if not urls:
+            raise ConfigError("data.urls is not set: give the shard folder (with index.json, from make_shards), a "
+                              "brace pattern like /data/shards/shard-{000000..000099}.tar, or a list of URLs.")
+        if batches_per_epoch is not None and batches_per_epoch < 1:
+            raise ConfigError(f"data.batches_per_epoch={batches_per_epoch}: must be >= 1, or null to use index.json.")
+        self.spec = urls
+        self.batches_per_epoch, self.resampled = batches_per_epoch, resampled
+        self.shuffle_buffer, self.bucket_buffer = shuffle_buffer, bucket_buffer
+        self.require_caption, self.txt_style, self.drop_last = require_caption, txt_style, drop_last
+        self.urls: list[str] = []
+        self.total_samples: int | None = None
+
+    # -- before any model is built --------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.urls:
+            return
+        spec = self.spec
+        if isinstance(spec, str) and not spec.startswith(REMOTE) and Path(spec).expanduser().is_dir():
+            folder = Path(spec).expanduser()
+            index_file = folder / INDEX
+            if not index_file.is_file():
+                raise FileNotFoundError(f"data.urls={folder} is a folder without {INDEX}: write shards with python -m "
+                                        "illustrious.make_shards, or give the shards as a brace pattern.")
+            index = json.loads(index_file.read_text())
+            self.urls = [str(folder / s["url"]) for s in index["shards"] if s["count"] > 0]
+            self.total_samples = int(index["total"])
+        else:
+            self.urls = list(wds.shardlists.expand_urls(spec)) if isinstance(spec, str) else [str(u) for u in spec]
+        local_missing = [u for u in self.urls if not u.startswith(REMOTE) and not Path(u).expanduser().is_file()]
+        if local_missing:
+            raise FileNotFoundError(f"{len(local_missing)} of {len(self.urls)} shards of data.urls do not exist, "
+                                    f"e.g. {local_missing[0]}.")
+        if not self.urls or self.total_samples == 0:
+            raise ConfigError(f"data.urls={spec} holds no samples.")
+        if self.batches_per_epoch is None and self.total_samples is None:
+            raise ConfigError("data.batches_per_epoch is null and the shards come without index.json: set "
+                              "data.batches_per_epoch (per rank) so every rank runs the same number of steps.")
+
+    def check_workers(self, world_size: int) -> None:
+        streams = world_size * max(1, self.num_workers)
+        if not self.resampled and len(self.urls) < streams:
+            raise ConfigError(
+                f"{len(self.urls)} shards cannot feed {world_size} ranks x {max(1, self.num_workers)} workers "
+                "(each needs a shard of its own): write more, smaller shards (make_shards shard_size=...), lower "
+                "data.num_workers, or set data.resampled=true.")
+
+    # -- on every rank ------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.check()
+        self.bucket_set()
+
+    def batches_per_rank(self) -> int:
+        _, world = self.rank_and_world()
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        return max(1, self.total_samples // (self.batch_size * world))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        rank, world = self.rank_and_world()
+        self.check_workers(world)
+        batcher = BucketBatcher(self.bucket_set(), self.settings, self.batch_size, self.loader_collate(), self.bucket_buffer,
+                                self.require_caption, self.txt_style, self.drop_last)
+        workers = max(1, self.num_workers)
+        each = per_worker(self.batches_per_rank(), self.num_workers)
+        pipeline = stream(self.urls, batcher, rank=rank, world_size=world, batches_per_worker=each,
+                          shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
+        return DataLoader(EpochStream(pipeline, each * workers), batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def sample_prompts(self, n: int) -> list[str]:
+        """Prompts of the first `n` captioned samples of the first shard."""
+        self.check()
+        pick = CaptionPipeline(self.caption_pipeline.styles, dropout=0.0)
+        rng = random.Random(self.seed)
+        prompts = []
+        for raw in wds.DataPipeline(wds.SimpleShardList(self.urls[:1]), wds.tarfile_to_samples()):
+            try:
+                meta = json.loads(raw["json"])
+            except (KeyError, ValueError):
+                continue
+            tags = {c: (meta.get("tags") or {}).get(c) or [] for c in TAG_CATEGORIES}
+            prompt = pick(caption_variants(meta.get("caption"), tags, self.txt_style), rng)
+            if prompt:
+                prompts.append(prompt)
+            if len(prompts) == n:
+                break
+        return prompts
