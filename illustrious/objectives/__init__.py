@@ -1,5 +1,11 @@
 from illustrious.objectives.base import Objective
 from illustrious.objectives.flow import FlowObjective
+from illustrious.objectives.noise import GaussianNoise
+from illustrious.objectives.timesteps import BiasedUniform, LogitNormal, TimestepSampler, Uniform
 from illustrious.objectives.vp import DiscreteVPObjective, EpsilonObjective, VPredictionObjective
+from illustrious.objectives.weighting import DebiasedEstimation, MinSNR
 
-__all__ = ["Objective", "DiscreteVPObjective", "EpsilonObjective", "VPredictionObjective", "FlowObjective"]
+__all__ = [
+    "Objective", "DiscreteVPObjective", "EpsilonObjective", "VPredictionObjective", "FlowObjective",
+    "TimestepSampler", "Uniform", "LogitNormal", "BiasedUniform", "MinSNR", "DebiasedEstimation", "GaussianNoise",
+]

@@ -21,6 +21,9 @@ def expand_like(v: Tensor, x: Tensor) -> Tensor:
 
 
 class Objective(nn.Module):
+    # What the network predicts ("eps", "v", "flow"); weightings with per-parameterization forms look it up.
+    prediction: str | None = None
+
     def __init__(
         self,
         timesteps: TimestepSampler | None = None,
@@ -31,6 +34,12 @@ class Objective(nn.Module):
         self.timesteps = timesteps if timesteps is not None else Uniform()
         self.weighting = weighting
         self.noise = noise if noise is not None else GaussianNoise()
+
+    def check_components(self) -> None:
+        """Reject component combinations that cannot work; subclasses call this once their schedule exists."""
+        check = getattr(self.weighting, "check", None)
+        if check is not None:
+            check(self)
 
     # -- schedule -------------------------------------------------------------------------------------
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,6 +84,15 @@ class Objective(nn.Module):
 
     def to_eps(self, x_t: Tensor, pred: Tensor, t: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def eps_scale(self, t: Tensor) -> Tensor:
+        """|d eps / d prediction| at fixed x_t: how large a noise error a unit prediction error makes.
+
+        eps: 1, v: alpha, flow: 1 - t. Read off `to_eps`, which is linear in the prediction (zero at x_t = 0),
+        so weightings defined on the noise error (min-SNR) carry over to any objective.
+        """
+        x = torch.zeros(t.shape[0], 1, device=t.device)
+        return self.to_eps(x, torch.ones_like(x), t).reshape(-1).abs()
 
     def loss_weight(self, t: Tensor) -> Tensor:
         if self.weighting is None:

@@ -10,11 +10,22 @@ from illustrious.objectives.timesteps import shift_time
 
 
 class FlowObjective(Objective):
+    prediction = "flow"
+
+    def __init__(self, **components):
+        super().__init__(**components)
+        self.check_components()
+
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return 1 - t, t
 
     def sampling_times(self, steps: int, shift: float | None = None) -> Tensor:
         """Uniform times from 1 to 0, optionally shifted towards noise (inference shift, as SD3 / Lumina-2 use)."""
+        if steps < 1:
+            raise ValueError(f"sampling.steps={steps}: must be >= 1.")
+        if shift is not None and shift <= 0:
+            raise ValueError(f"sampling.shift={shift}: must be > 0 (1 = no shift).")
+        # the sigmas Flux / Lumina-2 / SD3 pipelines pass: linspace(1, 1/steps, steps), then 0
         t = torch.linspace(1, 0, steps + 1)
         return shift_time(t, shift) if shift else t
 

@@ -37,6 +37,7 @@ class DiscreteVPObjective(Objective):
         self.num_train_timesteps = num_train_timesteps
         self.zero_terminal_snr = zero_terminal_snr
         self.register_buffer("alphas_cumprod", reference.alphas_cumprod.clone().float(), persistent=False)
+        self.check_components()
 
     def index(self, t: Tensor) -> Tensor:
         """Discrete step k for time t (t = k / N)."""
@@ -44,23 +45,39 @@ class DiscreteVPObjective(Objective):
         return k.clamp(0, self.num_train_timesteps - 1)
 
     def discretize(self, t: Tensor) -> Tensor:
-        # floor, not round, so a uniform t in [0, 1) gives each k the same probability
-        k = torch.floor(t.float() * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
-        return k.to(t.dtype if t.is_floating_point() else torch.float32) / self.num_train_timesteps
+        # floor, not round, so a uniform t in [0, 1) gives each k the same probability; the correction makes
+        # grid times k / N (whose float product with N can fall just below k) map to themselves
+        n = self.num_train_timesteps
+        k = torch.floor(t.float() * n).long()
+        k = (k + ((k + 1).float() / n <= t.float()).long()).clamp(0, n - 1)
+        return k.to(t.dtype if t.is_floating_point() else torch.float32) / n
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         acp = self.alphas_cumprod.to(t.device)[self.index(t)]
         return acp.sqrt(), (1 - acp).sqrt()
 
     def sampling_times(self, steps: int, shift: float | None = None) -> Tensor:
-        """`steps` grid times, "trailing" spacing (starts at the last training step, as zero-SNR needs), then 0."""
+        """`steps` grid times with diffusers' "trailing" spacing, then 0 (= return the clean estimate).
+
+        Trailing spacing starts at the last training step k = N - 1, which zero-terminal SNR needs (Lin et al.
+        2024, Table 2); diffusers' SDXL configs default to "leading" (k = 981, 961, ... for 50 steps), which
+        never starts from pure noise. Ending at 0 is diffusers' `final_sigmas_type="zero"` (Euler, DPM-Solver)
+        and DDIM's `set_alpha_to_one=True`.
+        """
         n = self.num_train_timesteps
+        if shift is not None:
+            raise ValueError(f"sampling.shift={shift} applies to flow objectives; {type(self).__name__} samples on "
+                             "its discrete schedule. Leave sampling.shift=null.")
+        if not 1 <= steps <= n:
+            raise ValueError(f"sampling.steps={steps}: a {n}-step discrete schedule takes 1 to {n} steps.")
         k = torch.round(torch.arange(n, 0, -n / steps, dtype=torch.float64)).long()[:steps] - 1
         return torch.cat([k.float() / n, torch.zeros(1)])
 
 
 class EpsilonObjective(DiscreteVPObjective):
     """The network predicts the added noise (SDXL, Illustrious v0.1-v2.0)."""
+
+    prediction = "eps"
 
     def target(self, x0, noise, t):
         return noise
@@ -77,6 +94,8 @@ class EpsilonObjective(DiscreteVPObjective):
 
 class VPredictionObjective(DiscreteVPObjective):
     """The network predicts v = alpha * noise - sigma * x0 (Salimans & Ho 2022; Illustrious v3.0-vpred)."""
+
+    prediction = "v"
 
     def target(self, x0, noise, t):
         alpha, sigma = self.alpha_sigma(t)

@@ -1,13 +1,15 @@
-"""Text -> image with any backbone, objective and sampler."""
+"""Text -> image (and image -> image) with any backbone, objective and sampler."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from illustrious.backbones.base import Backbone
 from illustrious.objectives.base import Objective
-from illustrious.sampling.guidance import cfg_denoiser
+from illustrious.sampling.guidance import cfg_denoiser, cfg_truncation
 from illustrious.sampling.samplers import SAMPLERS
 
 
@@ -16,19 +18,41 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
+def img2img_times(times: Tensor, strength: float) -> Tensor:
+    """The tail of a sampling grid that img2img runs: diffusers' `get_timesteps`, int(steps * strength) steps."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength={strength}: must be in (0, 1] (1 = start from pure noise, as txt2img).")
+    steps = len(times) - 1
+    kept = min(int(steps * strength), steps)
+    if kept < 1:
+        raise ValueError(f"strength={strength} with steps={steps} leaves no denoising step; raise strength or steps.")
+    return times[steps - kept:]
+
+
 @torch.no_grad()
 def generate(backbone: Backbone, objective: Objective, prompts: list[str], *, height: int, width: int,
              steps: int = 20, guidance_scale: float = 4.0, negative_prompt: str = "", seed: int = 0,
-             sampler: str = "euler", shift: float | None = None, batch_size: int = 16) -> Tensor:
-    """Sample one image per prompt; returns pixels in [-1, 1], (N, 3, height, width)."""
+             sampler: str = "euler", shift: float | None = None, guidance_rescale: float = 0.0,
+             cfg_trunc_ratio: float = 1.0, cfg_renorm: bool = False, init_images: Tensor | None = None,
+             strength: float = 1.0, batch_size: int = 16, callback: Callable[[dict], None] | None = None) -> Tensor:
+    """Sample one image per prompt; returns pixels in [-1, 1], (N, 3, height, width).
+
+    `init_images` (N, 3, height, width) in [-1, 1] turns this into img2img: each is encoded, noised to the
+    grid time where `strength` of the steps remain, and denoised from there. `callback` receives the sampler's
+    per-step dict plus "start", the index of the chunk's first prompt.
+    """
     if height % backbone.pixel_multiple or width % backbone.pixel_multiple:
         raise ValueError(f"Image size {height}x{width} must be a multiple of {backbone.pixel_multiple} for this backbone.")
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
+    if init_images is not None and tuple(init_images.shape) != (len(prompts), 3, height, width):
+        raise ValueError(f"init_images has shape {tuple(init_images.shape)}; expected {(len(prompts), 3, height, width)}.")
     f = backbone.autoencoder.spatial_factor
     device = next(backbone.parameters()).device
     latent_shape = (backbone.latent_channels, height // f, width // f)
-    times = objective.sampling_times(steps, shift=shift).to(device)
+    full_times = objective.sampling_times(steps, shift=shift).to(device)
+    times = full_times if init_images is None else img2img_times(full_times, strength)
+    unguided = cfg_truncation(full_times, cfg_trunc_ratio) if cfg_trunc_ratio < 1.0 else None
     was_training = backbone.training
     backbone.eval()
     images = []
@@ -37,9 +61,14 @@ def generate(backbone: Backbone, objective: Objective, prompts: list[str], *, he
             chunk = prompts[start : start + batch_size]
             cond = backbone.encode_text(chunk)
             uncond = backbone.encode_text([negative_prompt] * len(chunk)) if guidance_scale != 1.0 else None
-            denoise = cfg_denoiser(backbone, objective.to_x0, cond, uncond, guidance_scale)
+            denoise = cfg_denoiser(backbone, objective.to_x0, cond, uncond, guidance_scale,
+                                   guidance_rescale=guidance_rescale, renormalize=cfg_renorm, unguided=unguided)
             x = initial_noise(len(chunk), latent_shape, seed + start).to(device)
-            x0 = SAMPLERS[sampler](denoise, x, times, objective.alpha_sigma)
+            if init_images is not None:
+                latents = backbone.encode_image(init_images[start : start + batch_size].to(device))
+                x = objective.add_noise(latents, x.to(latents.dtype), times[:1].expand(len(chunk)))
+            step_callback = None if callback is None else (lambda info, start=start: callback({**info, "start": start}))
+            x0 = SAMPLERS[sampler](denoise, x, times, objective.alpha_sigma, callback=step_callback)
             images.append(backbone.decode(x0).float().cpu())
     finally:
         backbone.train(was_training)

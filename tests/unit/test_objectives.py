@@ -97,3 +97,149 @@ def test_timestep_samplers():
     torch.testing.assert_close(shift_time(t, 1.0), t)
     torch.testing.assert_close(shift_time(torch.tensor([0.0, 1.0]), 3.0), torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(shift_time(torch.tensor([0.5]), 3.0), torch.tensor([0.75]))
+
+
+# -- timestep sampling ------------------------------------------------------------------------------------------
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # noqa: E402
+from diffusers.training_utils import compute_density_for_timestep_sampling  # noqa: E402
+
+from illustrious.errors import ConfigError  # noqa: E402
+from illustrious.objectives.timesteps import (  # noqa: E402
+    BiasedUniform,
+    resolution_mu,
+    resolution_shift_time,
+)
+
+
+@pytest.mark.parametrize("shift", [None, 3.0])
+def test_logit_normal_is_sd3s_density(shift):
+    """diffusers' SD3 / Flux training scripts draw u = sigmoid(N(mean, std)); then the SD3 shift."""
+    u = compute_density_for_timestep_sampling("logit_normal", 64, logit_mean=0.3, logit_std=1.2,
+                                              generator=torch.Generator().manual_seed(0))
+    t = LogitNormal(mean=0.3, std=1.2, shift=shift)(64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t, u if shift is None else shift * u / (1 + (shift - 1) * u))
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 6.0])
+def test_fixed_shift_is_flow_match_schedulers(shift):
+    sigmas = torch.linspace(1, 0.01, 50)
+    ref = FlowMatchEulerDiscreteScheduler(shift=shift)
+    ref.set_timesteps(sigmas=sigmas.numpy())
+    torch.testing.assert_close(shift_time(sigmas, shift), ref.sigmas[:-1])
+
+
+@pytest.mark.parametrize("seq_len", [64, 256, 1024, 4096, 8192])
+def test_resolution_shift_is_flux_and_lumina(seq_len):
+    """mu from diffusers' `calculate_shift` (Flux; Lumina-2 transport's get_lin_function), applied as
+    FlowMatchEulerDiscreteScheduler's dynamic `time_shift(mu, 1, t)`."""
+    assert resolution_mu(seq_len) == pytest.approx(calculate_shift(seq_len))
+    u = torch.rand(32, generator=torch.Generator().manual_seed(seq_len))
+    ref = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    ref.set_timesteps(sigmas=u.numpy(), mu=calculate_shift(seq_len))
+    torch.testing.assert_close(resolution_shift_time(u, seq_len), ref.sigmas[:-1])
+    sampler = Uniform(resolution_shift=True)
+    t = sampler(32, generator=torch.Generator().manual_seed(seq_len), image_seq_len=seq_len)
+    torch.testing.assert_close(t, resolution_shift_time(u, seq_len))
+
+
+def test_resolution_shift_uses_the_backbones_token_count():
+    obj = FlowObjective(timesteps=LogitNormal(resolution_shift=True))
+    small = obj.sample_t(20_000, generator=torch.Generator().manual_seed(0), image_seq_len=256)
+    large = obj.sample_t(20_000, generator=torch.Generator().manual_seed(0), image_seq_len=4096)
+    assert (large > small).all()  # more tokens, more noise
+    with pytest.raises(ValueError, match="image_seq_len"):
+        obj.sample_t(4)
+
+
+def test_restricted_range_is_kohyas_min_max_timestep():
+    """t_min=0.2, t_max=0.8 on the 1000-step grid is kohya's randint(200, 800): k uniform on 200..799."""
+    obj = EpsilonObjective(timesteps=Uniform(t_min=0.2, t_max=0.8))
+    k = (obj.sample_t(300_000, generator=torch.Generator().manual_seed(0)) * 1000).round().long()
+    assert k.min() == 200 and k.max() == 799
+    counts = torch.bincount(k - 200, minlength=600).float()
+    assert counts.min() > 0.75 * counts.mean() and counts.max() < 1.25 * counts.mean()
+
+
+def diffusers_timestep_bias_weights(strategy, multiplier, portion=0.25, begin=0, end=1000, num_timesteps=1000):
+    """`generate_timestep_weights` from diffusers' SDXL training scripts (SimpleTuner's --timestep_bias_*)."""
+    weights = torch.ones(num_timesteps)
+    num_to_bias = int(portion * num_timesteps)
+    bias_indices = {"later": slice(-num_to_bias, None), "earlier": slice(0, num_to_bias),
+                    "range": slice(begin, end)}[strategy]
+    weights[bias_indices] *= multiplier
+    return weights / weights.sum()
+
+
+@pytest.mark.parametrize(("strategy", "multiplier", "begin", "end"),
+                         [("later", 3.0, 0.75, 1.0), ("earlier", 2.0, 0.0, 0.25), ("range", 0.5, 0.2, 0.6)])
+def test_biased_density_is_diffusers_timestep_bias(strategy, multiplier, begin, end):
+    expected = diffusers_timestep_bias_weights(strategy, multiplier, begin=int(begin * 1000), end=int(end * 1000))
+    obj = VPredictionObjective(timesteps=BiasedUniform(multiplier=multiplier, begin=begin, end=end))
+    k = (obj.sample_t(400_000, generator=torch.Generator().manual_seed(0)) * 1000).round().long()
+    observed = torch.bincount(k, minlength=1000).float() / len(k)
+    window = torch.zeros(1000, dtype=torch.bool)
+    window[int(begin * 1000) : int(end * 1000)] = True
+    # the window's probability mass, and per-step probabilities constant inside and outside it
+    assert observed[window].sum().item() == pytest.approx(expected[window].sum().item(), abs=0.004)
+    for region in (window, ~window):
+        assert expected[region].std() < 1e-8
+        assert observed[region].mean().item() == pytest.approx(expected[region][0].item(), rel=0.01)
+        assert (observed[region] - expected[region]).abs().max() < 0.25 * expected[region][0]
+
+
+def test_bad_timestep_settings_are_refused():
+    with pytest.raises(ConfigError, match="shift"):
+        Uniform(shift=0.0)
+    with pytest.raises(ConfigError, match="resolution_shift"):
+        Uniform(shift=3.0, resolution_shift=True)
+    with pytest.raises(ConfigError, match="t_min"):
+        Uniform(t_min=0.5, t_max=0.5)
+    with pytest.raises(ConfigError, match="begin"):
+        BiasedUniform(begin=0.8, end=0.2)
+    with pytest.raises(ConfigError, match="multiplier"):
+        BiasedUniform(multiplier=0.0)
+    with pytest.raises(ValueError, match="sampling.shift"):
+        EpsilonObjective().sampling_times(10, shift=3.0)
+    with pytest.raises(ValueError, match="sampling.steps"):
+        EpsilonObjective().sampling_times(1001)
+
+
+# -- the contract, for every objective --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_sample_t_contract(name):
+    obj = OBJECTIVES[name]()
+    t = obj.sample_t(1000, generator=torch.Generator().manual_seed(0), image_seq_len=256)
+    assert t.shape == (1000,) and t.dtype == torch.float32
+    assert 0 <= t.min() and t.max() <= 1
+    torch.testing.assert_close(obj.discretize(t), t)  # already on the training grid
+    again = obj.sample_t(1000, generator=torch.Generator().manual_seed(0), image_seq_len=256)
+    assert torch.equal(t, again)  # seeded
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_eps_scale_is_how_a_prediction_error_moves_the_noise(name):
+    obj = OBJECTIVES[name]()
+    g = torch.Generator().manual_seed(0)
+    t = obj.sample_t(16, generator=g)
+    x_t, pred, err = (torch.randn(16, 5, generator=g) for _ in range(3))
+    moved = obj.to_eps(x_t, pred + err, t) - obj.to_eps(x_t, pred, t)
+    torch.testing.assert_close(moved, obj.eps_scale(t)[:, None] * err, rtol=1e-5, atol=1e-6)
+    alpha, _ = obj.alpha_sigma(t)
+    expected = {"eps": torch.ones_like(t), "vpred": alpha, "vpred_ztsnr": alpha, "flow": 1 - t}[name]
+    torch.testing.assert_close(obj.eps_scale(t), expected)
+
+
+def test_objective_configs_compose_and_switch(make_config):
+    from illustrious.config import instantiate
+
+    cfg = make_config("objective=vpred", "objective/timesteps=biased", "objective.timesteps.begin=0.75",
+                      "objective/weighting=min_snr", "objective.weighting.gamma=3",
+                      "objective.noise.offset=0.05", "objective.noise.input_perturbation=0.1")
+    obj = instantiate(cfg.objective)
+    assert isinstance(obj, VPredictionObjective) and obj.zero_terminal_snr
+    assert isinstance(obj.timesteps, BiasedUniform) and obj.timesteps.begin == 0.75
+    assert obj.weighting.gamma == 3 and obj.noise.offset == 0.05 and obj.noise.input_perturbation == 0.1
+    flow = instantiate(make_config("objective=flow", "objective/timesteps=uniform", "objective.timesteps.shift=3").objective)
+    assert isinstance(flow.timesteps, Uniform) and flow.timesteps.shift == 3
+    eps = instantiate(make_config("objective=eps", "objective/weighting=debiased").objective)
+    assert eps.weighting is not None and eps.timesteps.shift is None

@@ -1,0 +1,254 @@
+"""Samplers against diffusers' schedulers stepping the same model, and on an analytic Gaussian case.
+
+The model is the exact denoiser of Gaussian data x0 ~ N(mu, s^2) (per element), written in each objective's
+own parameterization, so every scheduler sees the same deterministic predictions.
+"""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+
+from illustrious.objectives import EpsilonObjective, FlowObjective, VPredictionObjective
+from illustrious.sampling.samplers import SAMPLERS, sample_dpmpp_2m, sample_euler
+
+SDXL = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing")
+PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction", "flow": "flow_prediction"}
+
+
+class GaussianData:
+    """x0 ~ N(mu, s^2) elementwise; E[x0 | x_t] in closed form."""
+
+    def __init__(self, shape, s=0.5, seed=0):
+        self.mu = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        self.s = s
+
+    def posterior_mean(self, x, alpha, sigma):
+        return self.mu + alpha * self.s**2 / (alpha**2 * self.s**2 + sigma**2) * (x - alpha * self.mu)
+
+    def model(self, objective):
+        """model(x_t, t) -> the objective's target for the exact clean estimate (and the noise it implies)."""
+
+        def predict(x, t):
+            t = torch.as_tensor(t, dtype=torch.float32).reshape(1)
+            alpha, sigma = objective.alpha_sigma(t)
+            x0 = self.posterior_mean(x, alpha, sigma)
+            return objective.target(x0, (x - alpha * x0) / sigma, t.expand(x.shape[0]))
+
+        return predict
+
+    def denoiser(self, objective):
+        model = self.model(objective)
+        return lambda x, t: objective.to_x0(x, model(x, t), t.reshape(1).expand(x.shape[0]))
+
+
+def vp_objective(prediction, zero_snr):
+    cls = {"eps": EpsilonObjective, "v": VPredictionObjective}[prediction]
+    return cls(zero_terminal_snr=zero_snr)
+
+
+def mirror_diffusers_zero_snr(objective):
+    """diffusers' Euler / DPM-Solver replace the terminal alpha_cumprod 0 by 2**-24 to keep sigma/alpha finite."""
+    if objective.zero_terminal_snr:
+        objective.alphas_cumprod[-1] = 2**-24
+    return objective
+
+
+def run_diffusers(scheduler, model, x, t_of=lambda k, i, s: float(k) / 1000):
+    """The standard diffusers denoising loop; model sees the VP x_t (scale_model_input) and our t."""
+    for i, k in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, k) if hasattr(scheduler, "scale_model_input") else x
+        x = scheduler.step(model(x_in, t_of(k, i, scheduler)), k, x).prev_sample
+    return x
+
+
+VP_CASES = [("eps", False), ("v", False), ("v", True), ("eps", True)]
+
+
+@pytest.mark.parametrize("steps", [1, 10, 28, 1000])
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_vp_grid_is_diffusers_trailing(steps, zero_snr):
+    obj = EpsilonObjective(zero_terminal_snr=zero_snr)
+    times = obj.sampling_times(steps)
+    assert len(times) == steps + 1 and times[-1] == 0
+    for cls in (EulerDiscreteScheduler, DDIMScheduler, DPMSolverMultistepScheduler):
+        ref = cls(**SDXL, rescale_betas_zero_snr=zero_snr)
+        ref.set_timesteps(steps)
+        torch.testing.assert_close(times[:-1], ref.timesteps.float() / 1000, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+@pytest.mark.parametrize(("prediction", "zero_snr"), VP_CASES[:3])
+def test_euler_matches_euler_discrete_and_ddim(prediction, zero_snr, steps):
+    data = GaussianData((2, 3, 4, 4))
+    obj = vp_objective(prediction, zero_snr)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    ours = sample_euler(data.denoiser(obj), noise.clone(), obj.sampling_times(steps), obj.alpha_sigma)
+
+    # DDIM (eta = 0, set_alpha_to_one: the last step returns x0); exact schedule, zero SNR included
+    ddim = DDIMScheduler(**SDXL, prediction_type=PREDICTION_TYPE[prediction], rescale_betas_zero_snr=zero_snr,
+                         set_alpha_to_one=True, clip_sample=False)
+    ddim.set_timesteps(steps)
+    torch.testing.assert_close(ours, run_diffusers(ddim, data.model(obj), noise.clone()), rtol=1e-5, atol=1e-5)
+
+    # Euler in k-diffusion's VE form; started from the same x_T (diffusers' "trailing" init_noise_sigma is
+    # sigma_max, i.e. a VP start of sqrt(1 - alpha_cumprod[-1]) * noise, not noise -- see README)
+    mirrored = mirror_diffusers_zero_snr(vp_objective(prediction, zero_snr))
+    ours = sample_euler(data.denoiser(mirrored), noise.clone(), mirrored.sampling_times(steps), mirrored.alpha_sigma)
+    euler = EulerDiscreteScheduler(**SDXL, prediction_type=PREDICTION_TYPE[prediction], rescale_betas_zero_snr=zero_snr)
+    euler.set_timesteps(steps)
+    start = noise * (euler.sigmas.max() ** 2 + 1) ** 0.5
+    torch.testing.assert_close(ours, run_diffusers(euler, data.model(mirrored), start), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [10, 28])
+@pytest.mark.parametrize(("prediction", "zero_snr"), VP_CASES[:3])
+def test_dpmpp_2m_matches_dpm_solver_multistep(prediction, zero_snr, steps):
+    data = GaussianData((2, 3, 4, 4))
+    obj = mirror_diffusers_zero_snr(vp_objective(prediction, zero_snr))
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    ours = sample_dpmpp_2m(data.denoiser(obj), noise.clone(), obj.sampling_times(steps), obj.alpha_sigma)
+    ref = DPMSolverMultistepScheduler(**SDXL, prediction_type=PREDICTION_TYPE[prediction],
+                                      rescale_betas_zero_snr=zero_snr, algorithm_type="dpmsolver++", solver_order=2)
+    ref.set_timesteps(steps)
+    torch.testing.assert_close(ours, run_diffusers(ref, data.model(obj), noise.clone()), rtol=1e-5, atol=1e-5)
+    # second order is not first order: the comparison above can tell the two apart
+    assert (ours - sample_euler(data.denoiser(obj), noise.clone(), obj.sampling_times(steps), obj.alpha_sigma)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_exact_zero_snr_differs_from_diffusers_only_by_its_clamp(sampler):
+    """Our zero-terminal-SNR schedule is exact (alpha_T = 0); diffusers' Euler / DPM use alpha_T^2 = 2**-24."""
+    data = GaussianData((2, 3, 4, 4))
+    obj = VPredictionObjective(zero_terminal_snr=True)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    ours = SAMPLERS[sampler](data.denoiser(obj), noise.clone(), obj.sampling_times(10), obj.alpha_sigma)
+    ref = (EulerDiscreteScheduler if sampler == "euler" else DPMSolverMultistepScheduler)(
+        **SDXL, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    ref.set_timesteps(10)
+    x = run_diffusers(ref, data.model(obj), noise * (ref.sigmas.max() ** 2 + 1) ** 0.5 if sampler == "euler" else noise)
+    assert (ours - x).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("steps", [10, 28])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_euler_matches_flow_match_euler(shift, steps):
+    data = GaussianData((2, 3, 4, 4))
+    obj = FlowObjective()
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    times = obj.sampling_times(steps, shift=shift)
+    ref = FlowMatchEulerDiscreteScheduler(shift=shift)
+    ref.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps))  # what the Flux / Lumina-2 / SD3 pipelines pass
+    torch.testing.assert_close(times, ref.sigmas, rtol=0, atol=1e-6)
+    ours = sample_euler(data.denoiser(obj), noise.clone(), times, obj.alpha_sigma)
+    x = run_diffusers(ref, data.model(obj), noise.clone(), t_of=lambda k, i, s: s.sigmas[i])
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_dpmpp_2m_matches_dpm_solver_with_flow_sigmas(shift):
+    data = GaussianData((2, 3, 4, 4))
+    obj = FlowObjective()
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    ref = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=shift, prediction_type="flow_prediction",
+                                      algorithm_type="dpmsolver++", solver_order=2)
+    ref.set_timesteps(12)
+    # diffusers' flow-sigma grid starts at shift(0.999), not 1; our sampler runs on any grid, so give it that one
+    ours = sample_dpmpp_2m(data.denoiser(obj), noise.clone(), ref.sigmas.clone(), obj.alpha_sigma)
+    x = run_diffusers(ref, data.model(obj), noise.clone(), t_of=lambda k, i, s: s.sigmas[i])
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+OBJECTIVES = {
+    "eps": lambda: EpsilonObjective(),
+    "vpred_ztsnr": lambda: VPredictionObjective(zero_terminal_snr=True),
+    "flow": lambda: FlowObjective(),
+}
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_recovers_gaussian_data_mean_and_variance(name, sampler):
+    """Exact denoiser of N(mu, s^2) data, sampled from pure noise: samples with mean mu and the right std.
+
+    For Gaussian data every step is affine in x, so with noise whitened to exact unit moments the output moments
+    carry no Monte-Carlo error, only the sampler's. The last step returns E[x0 | x_t] at the last grid time t,
+    whose std is s * alpha s / sqrt(alpha^2 s^2 + sigma^2) (< s; diffusers samplers end the same way).
+    """
+    obj = OBJECTIVES[name]()
+    s = 0.5
+    data = GaussianData((3,), s=s)
+    data.mu = torch.tensor([1.5, -0.5, 0.0])
+    noise = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
+    noise = (noise - noise.mean(0)) / noise.std(0)
+    times = obj.sampling_times(50)
+    x = SAMPLERS[sampler](data.denoiser(obj), noise, times, obj.alpha_sigma)
+    alpha, sigma = obj.alpha_sigma(times[-2:-1])
+    expected_std = s * alpha * s / (alpha**2 * s**2 + sigma**2).sqrt()
+    # eps on SDXL's schedule starts where alpha_T = 0.068, not at zero SNR: pure noise misses alpha_T * mu
+    mean_tol = 0.06 if name == "eps" else 1e-4
+    std_tol = 0.02 if sampler in ("euler", "ddim") else 0.005  # first vs second order, at 50 steps
+    torch.testing.assert_close(x.mean(0), data.mu, rtol=0, atol=mean_tol)
+    torch.testing.assert_close(x.std(0), expected_std.expand(3), rtol=0, atol=std_tol)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_one_step_returns_the_first_clean_estimate(sampler):
+    data = GaussianData((2, 4))
+    obj = FlowObjective()
+    noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    seen = []
+    x = SAMPLERS[sampler](data.denoiser(obj), noise, obj.sampling_times(1), obj.alpha_sigma, callback=seen.append)
+    torch.testing.assert_close(x, data.denoiser(obj)(noise, torch.tensor(1.0)))
+    assert [d["i"] for d in seen] == [0] and torch.equal(seen[0]["denoised"], x)
+
+
+def test_callback_sees_every_step():
+    data = GaussianData((2, 4))
+    obj = VPredictionObjective(zero_terminal_snr=True)
+    seen = []
+    sample_dpmpp_2m(data.denoiser(obj), torch.randn(2, 4), obj.sampling_times(7), obj.alpha_sigma, callback=seen.append)
+    assert [d["i"] for d in seen] == list(range(7))
+    assert all(d["denoised"].shape == (2, 4) for d in seen)
+
+
+# -- diagnostics along a trajectory ------------------------------------------------------------------------------
+def test_low_frequency_energy_and_mean_colour():
+    from illustrious.eval.trajectory import low_frequency_energy, luminance, mean_colour
+
+    i = torch.arange(32, dtype=torch.float32)
+    wave = 0.25 * torch.cos(2 * torch.pi * 2 * i / 32)[:, None].expand(32, 32)  # 2 cycles per image, in [0, 1] units
+    checker = 0.25 * (-1.0) ** (i[:, None] + i[None, :])  # Nyquist
+    to_pixels = lambda x01: (x01 * 2 - 1).expand(1, 3, 32, 32)  # noqa: E731
+    torch.testing.assert_close(low_frequency_energy(to_pixels(0.5 + wave)), torch.tensor([0.25**2 / 2]))
+    torch.testing.assert_close(low_frequency_energy(to_pixels(0.5 + checker)), torch.zeros(1), atol=1e-9, rtol=0)
+    torch.testing.assert_close(low_frequency_energy(to_pixels(torch.full((32, 32), 0.9))), torch.zeros(1), atol=1e-9, rtol=0)
+    red = torch.stack([torch.ones(8, 8), -torch.ones(8, 8), -torch.ones(8, 8)])[None]
+    torch.testing.assert_close(mean_colour(red), torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(luminance(red), torch.tensor([0.2126]))
+
+
+def test_trajectory_recorder_keeps_every_step_of_every_batch():
+    from illustrious.eval.trajectory import TrajectoryRecorder, trajectory_metrics
+
+    obj = FlowObjective()
+    data = GaussianData((3, 4, 4))
+    recorder = TrajectoryRecorder(decode=lambda x: x.clamp(-1, 1))
+    times = obj.sampling_times(5)
+    for start in (0, 2):  # two batches, as generate() runs them, with "start" added
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(start))
+        sample_euler(data.denoiser(obj), x, times, obj.alpha_sigma,
+                     callback=lambda info, start=start: recorder({**info, "start": start}))
+    pixels = recorder.pixels()
+    assert pixels.shape == (5, 4, 3, 4, 4)
+    assert recorder.times == times[:-1].tolist()
+    metrics = trajectory_metrics(recorder)
+    assert len(metrics["mean_colour"]) == 5 and len(metrics["mean_colour"][0]) == 4
+    # the last recorded estimate is what the sampler returned for the second batch
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(pixels[-1, 2:], sample_euler(data.denoiser(obj), x, times, obj.alpha_sigma).clamp(-1, 1))
