@@ -18,11 +18,14 @@ def build_trainer(cfg: DictConfig):
 
     from illustrious.checkpoint_io import SafetensorsCheckpointIO
 
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
 
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if cfg.trainer.get("enable_progress_bar") is False:  # the switch wins over a configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    # Weight averaging (EMA) copies the averaged weights into the model at the end of training: it must
+    # run before the callbacks that sample then, wherever the config lists it.
+    callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     plugins = [SafetensorsCheckpointIO(allow_pickle=cfg.allow_pickle)]
     return L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks, logger=logger,

@@ -83,12 +83,13 @@ def machine() -> str:
     return f"{torch.get_num_threads()} torch threads on {cpu} ({platform.system()}), torch {torch.__version__}"
 
 
-def train_one(name: str, steps: int, runs: Path, seed: int, composition_samples: int) -> tuple[dict, object, dict]:
+def train_one(name: str, steps: int, runs: Path, seed: int, composition_samples: int,
+              backbone: str) -> tuple[dict, object, dict]:
     from illustrious.train import train
 
     overrides = [f"objective={name}", *OBJECTIVES[name], f"trainer.max_steps={steps}", f"seed={seed}", "resume=false",
                  f"callbacks.composition.num_samples={composition_samples}",
-                 "backbone=lumina_tiny", "data=shapes", "data.batch_size=32", "callbacks.samples=null",
+                 f"backbone={backbone}", "data=shapes", "data.batch_size=32", "callbacks.samples=null",
                  "callbacks.progress=null", "trainer.enable_progress_bar=false"]
     cfg = compose(overrides, runs / name)
     wall, cpu = time.time(), cpu_seconds()
@@ -182,6 +183,7 @@ def plot(results: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--backbone", default="sdxl_tiny", help="the tiny backbone every objective trains")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--runs", type=Path, default=Path("outputs/objective_study"),
                         help="training outputs (checkpoints, logs, composition grids)")
@@ -211,7 +213,8 @@ def main() -> None:
     grid_images, grid_captions = [], []
     for name in [] if args.report_only else args.objectives:
         print(f"== {name}: training {args.steps} steps", flush=True)
-        metrics, module, cost = train_one(name, args.steps, args.runs, args.seed, args.composition_samples)
+        metrics, module, cost = train_one(name, args.steps, args.runs, args.seed, args.composition_samples,
+                                          args.backbone)
         module.eval()
         wall, cpu = time.time(), cpu_seconds()
         lum = evaluate_luminance(module, prompts, args.seed)

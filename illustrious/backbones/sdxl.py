@@ -38,8 +38,11 @@ class SDXLBackbone(Backbone):
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, autoencoder: nn.Module, tokenizer_1: str, tokenizer_2: str, unet: Mapping | None = None,
-                    text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None) -> SDXLBackbone:
+                    text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None,
+                    tokenizer_max_length: int | None = None) -> SDXLBackbone:
         """SDXL's architecture with `unet` / `text_encoder_*` overrides (tiny flavors change only widths).
+
+        `tokenizer_max_length` shortens the token sequence (SDXL: 77) where prompts are known to be short.
 
         Fields that follow from the other parts (channels, cross-attention width, the size of the added
         embedding) are derived here rather than configured, so they cannot disagree.
@@ -47,6 +50,8 @@ class SDXLBackbone(Backbone):
         from diffusers import UNet2DConditionModel
 
         tok1, tok2 = load_tokenizer(tokenizer_1), load_tokenizer(tokenizer_2)
+        if tokenizer_max_length:  # prompts are padded/truncated to this; CLIP gets as many positions
+            tok1.model_max_length = tok2.model_max_length = tokenizer_max_length
         te1 = clip_text_model("sdxl_text_encoder", dict(text_encoder_1 or {}), tok1, with_projection=False)
         te2 = clip_text_model("sdxl_text_encoder_2", dict(text_encoder_2 or {}), tok2, with_projection=True)
         config = {**architecture_config("sdxl_unet"), **dict(unet or {})}

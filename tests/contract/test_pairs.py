@@ -70,5 +70,5 @@ def test_bad_config_stops_before_building(make_config):
 
 
 def test_data_size_must_fit_the_backbone(make_config):
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(ValueError, match="multiples of 4"):
         train(make_config("backbone=lumina_tiny", "data.width=30"))

@@ -59,7 +59,12 @@ def test_settings_round_trip_through_png_metadata(checkpoint, tmp_path):
                                  f"sampler={meta['sampler']}", f"steps={meta['steps']}", f"cfg={meta['guidance_scale']}",
                                  out_dir=tmp_path))
     assert again[0].name == "00004-10.png"
-    assert np.array_equal(pixels(again[0]), pixels(paths[3]))
+    # same pixels up to float rounding: CPU kernels may sum in a different order for a batch of 1 than of 4
+    regenerated, original = pixels(again[0]).astype(int), pixels(paths[3]).astype(int)
+    difference = np.abs(regenerated - original)
+    print("regenerated vs original: max", difference.max(), "mean", difference.mean())
+    assert difference.max() <= 8 and difference.mean() < 1
+    assert np.abs(pixels(paths[2]).astype(int) - original).mean() > 10  # another seed really differs
 
 
 def test_img2img_and_diagnostics(checkpoint, tmp_path):

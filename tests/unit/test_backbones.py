@@ -43,7 +43,7 @@ def test_contract_shapes(tiny):
     assert cond.tokens.shape[0] == 3 and cond.tokens.dim() == 3
     if name == "sdxl_tiny":
         assert cond.mask is None and cond.pooled.shape == (3, 64)
-        assert cond.tokens.shape[1:] == (77, 32 + 64)  # both towers' penultimate states, concatenated
+        assert cond.tokens.shape[1:] == (32, 32 + 64)  # (tokenizer_max_length 32) both towers' penultimate states, concatenated
     else:
         assert cond.pooled is None and cond.mask.dtype == torch.bool
         assert cond.mask[:, 0].all() and not cond.mask[2].all()  # right padding: real tokens first
