@@ -2,8 +2,8 @@
 
 Both train the same tiny model from the same state, on the same batches, with the same AdamW, gradient
 clipping and LR schedule; the hand loop calls the same backbone and objective code, so the ratio
-isolates what the trainer, its logging and its callbacks cost. Rounds alternate the two so machine
-noise hits both; the result is the median of the per-round ratios.
+isolates what the trainer, its logging and its callbacks cost. Each round runs both, in alternating
+order, so machine noise hits both; the result is the median of the per-round ratios.
 
     uv run python benchmarks/train_step_overhead.py [--steps 40] [--rounds 5] [backbone=sdxl_tiny ...]
 """
@@ -87,8 +87,13 @@ def main() -> None:
     initial = build_module(cfg)
     rows = []
     for r in range(args.rounds):
-        fw = framework(cfg, copy.deepcopy(initial), datamodule, args.steps)
-        hand = hand_loop(copy.deepcopy(initial), datamodule, args.steps, cfg.trainer.gradient_clip_val)
+        # alternate which runs first, so drift in the machine's load does not favour either
+        if r % 2 == 0:
+            fw = framework(cfg, copy.deepcopy(initial), datamodule, args.steps)
+            hand = hand_loop(copy.deepcopy(initial), datamodule, args.steps, cfg.trainer.gradient_clip_val)
+        else:
+            hand = hand_loop(copy.deepcopy(initial), datamodule, args.steps, cfg.trainer.gradient_clip_val)
+            fw = framework(cfg, copy.deepcopy(initial), datamodule, args.steps)
         rows.append((fw, hand, fw / hand))
         print(f"round {r}: framework {fw:.2f} it/s, hand loop {hand:.2f} it/s, ratio {fw / hand:.3f}", flush=True)
     print(f"\nmachine: {machine()}")

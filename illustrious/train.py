@@ -15,10 +15,9 @@ log = logging.getLogger(__name__)
 
 def build_trainer(cfg: DictConfig):
     import lightning as L
+    from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
 
     from illustrious.checkpoint_io import SafetensorsCheckpointIO
-
-    from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
 
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if cfg.trainer.get("enable_progress_bar") is False:  # the switch wins over a configured bar

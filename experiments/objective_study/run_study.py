@@ -5,7 +5,7 @@ composition accuracy (the CompositionEval callback, 64 held-out prompts) and the
 "black background" and "white background" prompts against the training images' -- the claim under test is
 that eps on SDXL's schedule cannot reach very dark or very bright images, and zero-terminal SNR or flow can.
 
-    .venv/bin/python experiments/objective_study/run_study.py --steps 300 --out experiments/objective_study/results
+    .venv/bin/python experiments/objective_study/run_study.py --steps 600 --out experiments/objective_study/results
 
 Writes results.json, luminance.png, luminance_histogram.png, trajectory_luminance.png, samples.png into --out; each run's checkpoint,
 logs and composition grid go to --runs/<objective> (outputs/objective_study by default).
@@ -182,7 +182,7 @@ def plot(results: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--backbone", default="sdxl_tiny", help="the tiny backbone every objective trains")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--runs", type=Path, default=Path("outputs/objective_study"),

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
+from illustrious.backbones.pretrained import diffusers_folder
 from illustrious.backbones.text_encoders import (
     LUMINA_SYSTEM_PROMPT,
     GemmaPromptEncoder,
@@ -55,20 +56,8 @@ class LuminaBackbone(Backbone):
     def from_pretrained(cls, weights: str | None = None, system_prompt: str = LUMINA_SYSTEM_PROMPT,
                         max_sequence_length: int = 256) -> LuminaBackbone:
         """Load Lumina-Image-2.0 from a local diffusers folder (transformer/, text_encoder/, tokenizer/, vae/)."""
-        if weights is None:
-            raise ConfigError(
-                "backbone=lumina needs pretrained weights: set backbone.weights=/path/to/Lumina-Image-2.0, a local "
-                "diffusers folder (transformer/, text_encoder/, tokenizer/, vae/). Nothing is downloaded. "
-                "To train without weights on a CPU, use backbone=lumina_tiny."
-            )
-        root = Path(weights).expanduser()
-        if not root.is_dir():
-            raise ConfigError(f"backbone.weights={weights!r} is not a folder; expected a local Lumina-2 diffusers folder.")
         parts = ("transformer", "text_encoder", "tokenizer", "vae")
-        missing = [p for p in parts if not (root / p).is_dir()]
-        if missing:
-            raise ConfigError(f"{root} has no {', '.join(p + '/' for p in missing)} subfolder(s); a Lumina-2 diffusers "
-                              f"folder needs {', '.join(p + '/' for p in parts)}.")
+        root = diffusers_folder(weights, parts, "lumina", "Lumina-Image-2.0")
         from diffusers import Lumina2Transformer2DModel
         from transformers import Gemma2Model
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
+from illustrious.backbones.pretrained import diffusers_folder
 from illustrious.backbones.text_encoders import (
     CLIPPromptEncoder,
     architecture_config,
@@ -67,20 +68,8 @@ class SDXLBackbone(Backbone):
     @classmethod
     def from_pretrained(cls, weights: str | None = None) -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/)."""
-        if weights is None:
-            raise ConfigError(
-                "backbone=sdxl needs pretrained weights: set backbone.weights=/path/to/sdxl, a local diffusers folder "
-                "(unet/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/). Nothing is downloaded. "
-                "To train without weights on a CPU, use backbone=sdxl_tiny."
-            )
-        root = Path(weights).expanduser()
-        if not root.is_dir():
-            raise ConfigError(f"backbone.weights={weights!r} is not a folder; expected a local SDXL diffusers folder.")
         parts = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
-        missing = [p for p in parts if not (root / p).is_dir()]
-        if missing:
-            raise ConfigError(f"{root} has no {', '.join(p + '/' for p in missing)} subfolder(s); an SDXL diffusers "
-                              f"folder needs {', '.join(p + '/' for p in parts)}.")
+        root = diffusers_folder(weights, parts, "sdxl", "sdxl")
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 

@@ -85,7 +85,7 @@ def random_layout(rng: random.Random, max_shapes: int = 2) -> Layout:
     else:
         positions = (rng.choice(POSITIONS),)
         colours = (rng.choice(list(SHAPE_COLOURS)),)
-    return Layout(background, tuple(ShapeSpec(c, rng.choice(SHAPES), p) for c, p in zip(colours, positions)))
+    return Layout(background, tuple(ShapeSpec(c, rng.choice(SHAPES), p) for c, p in zip(colours, positions, strict=True)))
 
 
 def draw(layout: Layout, width: int, height: int, rng: random.Random, supersample: int = 4) -> Image.Image:

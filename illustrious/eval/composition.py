@@ -46,7 +46,7 @@ def composition_accuracy(images: np.ndarray, layouts: list[Layout]) -> float:
     """Fraction of prompted shapes whose colour lands at the prompted position; images (N, H, W, 3) uint8."""
     if len(images) != len(layouts):
         raise ValueError(f"{len(images)} images but {len(layouts)} layouts")
-    hits = [ok for image, layout in zip(images, layouts) for ok in shapes_placed(image, layout)]
+    hits = [ok for image, layout in zip(images, layouts, strict=True) for ok in shapes_placed(image, layout)]
     return float(np.mean(hits)) if hits else 0.0
 
 

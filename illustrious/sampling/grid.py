@@ -20,7 +20,7 @@ def image_grid(images: np.ndarray, captions: list[str], columns: int = 8, cell: 
     text_h = caption_lines * line_height + 4
     grid = Image.new("RGB", (columns * cell, rows * (cell + text_h)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    for i, (image, caption) in enumerate(zip(images, captions)):
+    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
         h, w = image.shape[:2]
         scale = cell / max(h, w)
         resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS

@@ -1,6 +1,5 @@
 """Notebooks are documentation that must run: execute each one top to bottom."""
 
-import os
 
 import nbformat
 import pytest

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from illustrious.config import instantiate
 
 from illustrious.backbones import Conditioning, LuminaBackbone, PixelAutoencoder, SDXLBackbone
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.text_encoders import architecture_config
+from illustrious.config import instantiate
 from illustrious.errors import ConfigError
 
 PROMPTS = ["a red circle on the left", "blue square right, black background", ""]

@@ -52,5 +52,5 @@ def test_gradient_clipping_bounds_the_update(make_config):
     before = [p.detach().clone() for p in instantiate(cfg.backbone).parameters()]
     _, objects = train(cfg)
     after = list(objects["module"].backbone.parameters())
-    moved = torch.sqrt(sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before)))
+    moved = torch.sqrt(sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before, strict=True)))
     assert 0 < moved.item() <= clip * 1.001
