@@ -72,3 +72,7 @@ def test_experiment_recipe_composes(tmp_path):
     assert (REPO / "experiments" / "shapes_default.yaml").is_file()
     # the recipe writes out the default run: both compose to the same job config
     assert proc.stdout == run_cli("--cfg", "job", cwd=tmp_path).stdout
+    # the Lumina recipe is the default run on lumina_tiny with an empty system prompt
+    lumina = run_cli("+experiment=shapes_lumina", "--cfg", "job", cwd=tmp_path)
+    assert lumina.returncode == 0, lumina.stderr
+    assert lumina.stdout == run_cli("backbone=lumina_tiny", "backbone.system_prompt=''", "--cfg", "job", cwd=tmp_path).stdout
