@@ -3,7 +3,7 @@
 The model is rebuilt from the run config stored in the checkpoint, so `checkpoint=` alone suffices; every
 setting not given falls back to that config's `sampling:` block. Each PNG carries its settings twice in tEXt
 chunks: `parameters` (the A1111 / ComfyUI-readable line) and `illustrious` (JSON, exact), and its own seed, so
-`prompt=<its prompt> seed=<its seed>` regenerates it alone.
+`prompt=<its prompt> seed=<its seed>` regenerates it alone (to float rounding across batch sizes).
 """
 
 from __future__ import annotations

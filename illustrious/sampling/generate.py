@@ -14,7 +14,8 @@ from illustrious.sampling.samplers import SAMPLERS
 
 
 def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
-    """Noise for image i depends only on (seed + i): the same prompt and seed give the same image in any batch."""
+    """Noise for image i depends only on (seed + i), so the same prompt and seed give the same image in any batch
+    (up to float rounding: CPU kernels may sum in another order for another batch size)."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
