@@ -9,9 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from illustrious.errors import ConfigError
 
-PACKAGE_CONF = Path(__file__).parent / "conf"  # in an installed wheel
-REPO_CONF = Path(__file__).resolve().parents[1] / "conf"  # in a checkout
-CONF_DIR = PACKAGE_CONF if PACKAGE_CONF.is_dir() else REPO_CONF
+CONF_DIR = Path(__file__).parent / "conf"  # shipped inside the package (and the wheel)
 
 
 def instantiate(node, **kwargs):

@@ -69,7 +69,7 @@ def test_cfg_job_prints_config_without_importing_torch(tmp_path):
 def test_experiment_recipe_composes(tmp_path):
     proc = run_cli("+experiment=shapes_default", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (REPO / "experiments" / "shapes_default.yaml").is_file()
+    assert (REPO / "illustrious" / "conf" / "experiment" / "shapes_default.yaml").is_file()
     # the recipe writes out the default run: both compose to the same job config
     assert proc.stdout == run_cli("--cfg", "job", cwd=tmp_path).stdout
     # the Lumina recipe is the default run on lumina_tiny with an empty system prompt
