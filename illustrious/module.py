@@ -34,7 +34,9 @@ class DiffusionModule(L.LightningModule):
         self.lrs = {"denoiser": lr, "text_encoders": lr if text_encoder_lr is None else text_encoder_lr}
         self.backbone.parameter_groups(self.lrs)  # freeze now, so summaries and the first step agree
         self.sampling = dict(sampling or {})
-        self.config = dict(config or {})  # the composed run config, stored in checkpoints for sampling later
+        # what checkpoints store about the run (group choices and plain values, never a target to run):
+        # illustrious.weights.run_config rebuilds the run from it for sampling, export and evaluation
+        self.config = dict(config or {})
 
     # -- training -----------------------------------------------------------------------------------------
     def latents(self, batch: Mapping) -> Tensor:
@@ -85,7 +87,9 @@ class DiffusionModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["illustrious_config"] = self.config
+        from illustrious.weights.run_config import STORED_KEY
+
+        checkpoint[STORED_KEY] = self.config
 
     # -- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()

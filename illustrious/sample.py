@@ -123,12 +123,11 @@ def load_module(checkpoint: str, allow_pickle: bool = False, device: str = "auto
 
     from illustrious.checkpoint_io import load_checkpoint_file
     from illustrious.train import build_module
+    from illustrious.weights.run_config import rebuild_run_config
 
     ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
-    if "illustrious_config" not in ckpt:
-        raise ValueError(f"{checkpoint} has no stored run config (illustrious_config); it was not written by "
-                         "illustrious.train, so the model cannot be rebuilt from it.")
-    run_cfg = OmegaConf.create(ckpt["illustrious_config"])
+    # the stored config only selects our own config groups; it never names code to run
+    run_cfg = rebuild_run_config(ckpt, source=str(checkpoint))
     module = build_module(run_cfg)
     module.load_state_dict(ckpt["state_dict"])
     if device == "auto":

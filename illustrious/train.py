@@ -35,6 +35,7 @@ def build_module(cfg: DictConfig, backbone=None):
     """The LightningModule a config describes (the backbone may be passed in already built)."""
 
     from illustrious.module import DiffusionModule
+    from illustrious.weights.run_config import stored_run_config
 
     backbone = backbone if backbone is not None else instantiate(cfg.backbone)
     optim = instantiate(cfg.optim)
@@ -46,7 +47,7 @@ def build_module(cfg: DictConfig, backbone=None):
         lr=optim.lr,
         text_encoder_lr=optim.get("text_encoder_lr"),
         sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=stored_run_config(cfg),
     )
 
 
