@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from illustrious.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 from illustrious.errors import ConfigError
