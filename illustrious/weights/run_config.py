@@ -32,6 +32,14 @@ LEGACY_KEY = "illustrious_config"  # the whole resolved config, targets included
 FORMAT = 1
 OPTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 NOT_CHOSEN_FROM_CHECKPOINTS = {"experiment"}  # a recipe is re-applied only by name, below
+# Targets our own options named in earlier releases -> today's, so older checkpoints still match by name.
+RENAMED_TARGETS = {
+    "illustrious.data.shapes_datamodule.ShapesDataModule": "illustrious.data.sources.shapes_datamodule.ShapesDataModule",
+    "illustrious.data.folder_datamodule.FolderDataModule":
+        "illustrious.data.sources.folder_datamodule.FolderDataModule.from_config",
+    "illustrious.data.webdataset_datamodule.WebDataModule":
+        "illustrious.data.sources.webdataset_datamodule.WebDataModule.from_config",
+}
 
 
 def is_special(key: Any) -> bool:
@@ -106,7 +114,7 @@ def _targets(node: Any, prefix: str = "", skip: frozenset = frozenset()) -> tupl
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             if key == "_target_":
-                found.append((prefix, str(value)))
+                found.append((prefix, RENAMED_TARGETS.get(str(value), str(value))))
             elif path not in skip:
                 found.extend(_targets(value, path, skip))
     elif isinstance(node, list):

@@ -160,3 +160,15 @@ def test_resume_from_crafted_checkpoint_runs_no_code(trained, tmp_path):
     metrics, _ = train(cfg)
     assert not marker.exists()
     assert metrics["global_step"] == 3  # resumed at step 2 and trained one more
+
+
+def test_legacy_checkpoint_with_renamed_data_module_still_matches():
+    from omegaconf import OmegaConf
+
+    from illustrious.weights.run_config import compose_run_config
+
+    values = OmegaConf.to_container(compose_run_config(["backbone=sdxl_tiny", "output_dir=/tmp/x"]), resolve=True)
+    values["data"]["_target_"] = "illustrious.data.shapes_datamodule.ShapesDataModule"  # before data/ had rooms
+    cfg = rebuild_run_config({LEGACY_KEY: values}, source="legacy")
+    assert cfg.data._target_ == "illustrious.data.sources.shapes_datamodule.ShapesDataModule"
+    assert cfg.backbone._target_ == "illustrious.backbones.sdxl.SDXLBackbone.from_config"
