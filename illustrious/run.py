@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from illustrious.config import CONF_DIR
+from illustrious.errors import reported_config_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -24,7 +25,8 @@ def main(cfg: DictConfig) -> float | None:
     # Hydra owns logging on the command line (console + run.log); Lightning's package-level console
     # handler would print every line a second time.
     logging.getLogger("lightning").handlers.clear()
-    metrics, _ = train(cfg)
+    with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
+        metrics, _ = train(cfg)
     # the value a sweeper optimises, when one is configured
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
