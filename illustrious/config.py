@@ -67,6 +67,9 @@ def explain_composition_error(overrides: list[str]) -> str | None:
     groups, keys = [], []
     for o in parsed:
         name = o.key_or_group
+        if name == "hydra.searchpath":  # the user's own config folders: their groups compose too
+            groups.append(o.input_line)
+            continue
         if o.is_hydra_override() or o.is_delete():
             continue
         if name.split("/")[0] in group_names and "." not in name:

@@ -8,6 +8,7 @@ groups, `--cfg job` prints the composed config (fast: nothing heavy is imported 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -31,6 +32,12 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 
+def config_dirs(argv: list[str]) -> list[str]:
+    """The folders given with `--config-dir DIR` / `-cd DIR` / `--config-dir=DIR` (the user's own config groups)."""
+    dirs = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config-dir", "-cd")]
+    return dirs + [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
+
+
 def entry() -> None:
     try:
         main()
@@ -38,7 +45,8 @@ def entry() -> None:
         if exit_.code not in (0, None):
             from illustrious.config import explain_composition_error
 
-            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+            overrides = [a for a in sys.argv[1:] if not a.startswith("-") and a not in config_dirs(sys.argv)]
+            overrides += [f"hydra.searchpath=[file://{Path(d).resolve()}]" for d in config_dirs(sys.argv)]
             hint = explain_composition_error(overrides)
             if hint:
                 print(hint, file=sys.stderr)

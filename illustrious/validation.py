@@ -138,7 +138,9 @@ def shard_encodings():
 
 
 def latent_dtypes():
-    return ("float16", "bfloat16", "float32")  # illustrious.cache_latents.DTYPES, without importing torch here
+    from illustrious.cache_latents import DTYPES
+
+    return tuple(DTYPES)
 
 
 # Settings shared by the commands that read a data folder (run, cache_latents, make_shards).
