@@ -131,6 +131,11 @@ def write_user_configs(folder):
     (folder / "experiment" / "my_recipe.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /backbone: my_model\ntrainer:\n  max_steps: 2\n"
         "optim:\n  lr: 1e-3\n")
+    # a recipe over shipped options only: its checkpoints can be sampled (a checkpoint's stored choices are
+    # rebuilt from the package's own config groups, so one trained with backbone=my_model cannot be yet)
+    (folder / "experiment" / "my_quick.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /backbone: sdxl_tiny\nbackbone:\n  tokenizer_max_length: 16\n"
+        "trainer:\n  max_steps: 2\n")
     return folder
 
 

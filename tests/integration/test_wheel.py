@@ -68,7 +68,10 @@ def test_installed_wheel_trains_two_steps_from_any_directory(installed, tmp_path
     # a user's own config folder adds a backbone and a recipe without touching the package
     user = write_user_configs(tmp_path / "my_conf")
     out = tmp_path / "run"
-    train_args = ["--config-dir", user, "+experiment=my_recipe", *FAST[1:], "callbacks.composition=null",
+    composed = run(bin_dir / "illustrious-train", "--config-dir", user, "+experiment=my_recipe", "--cfg", "job",
+                   env=env, cwd=tmp_path).stdout
+    assert yaml.safe_load(composed)["backbone"]["tokenizer_max_length"] == 16  # the user's backbone option
+    train_args = ["--config-dir", user, "+experiment=my_quick", *FAST[1:], "callbacks.composition=null",
                   "callbacks.samples=null", f"hydra.run.dir={out}"]
     run(bin_dir / "illustrious-train", *train_args, env={**env, "HYDRA_FULL_ERROR": "1"}, cwd=tmp_path)
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 2
