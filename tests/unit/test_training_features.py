@@ -46,9 +46,10 @@ def first_step(make_config, monkeypatch, precision, output_dir):
     return metrics["train/loss"], probe
 
 
-# bf16 keeps 8 bits of mantissa (relative rounding 2^-8 = 0.4 % per operation); through the tiny UNet the
-# first-step loss stays within 2 % of the fp32 loss (measured: see the printed difference).
-BF16_LOSS_RTOL = 0.02
+# bf16 keeps 8 bits of mantissa (relative rounding 2^-8 = 0.4 % per operation), but the loss is taken in fp32
+# against an fp32 target and is dominated by the noise: the first-step loss of the tiny UNet differed from the
+# fp32 run's by 4.1e-5 relative (2-core Xeon). The stated tolerance is 0.1 %, 25 times that.
+BF16_LOSS_RTOL = 1e-3
 
 
 def test_bf16_mixed_on_cpu_keeps_fp32_weights_and_matches_fp32_loss(make_config, monkeypatch, tmp_path):
