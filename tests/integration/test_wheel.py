@@ -17,6 +17,8 @@ import yaml
 from tests.conftest import FAST, REPO
 from tests.integration.test_cli import write_user_configs
 
+pytestmark = pytest.mark.slow  # builds, installs and starts five fresh processes: about 1-2 minutes on 2 idle cores
+
 SCRIPTS = ["illustrious-train", "illustrious-sample", "illustrious-cache-latents", "illustrious-make-shards"]
 
 
