@@ -22,7 +22,7 @@ from illustrious.validation import MAKE_SHARDS, check_settings
 def make_shards(cfg: DictConfig) -> dict:
     """The command as a plain function; returns the shard index."""
     check_settings(cfg, MAKE_SHARDS)  # every typed setting, before any work
-    from illustrious.data.shard_writer import ENCODINGS, write_shards
+    from illustrious.data.storage.shard_writer import ENCODINGS, write_shards
 
     if not cfg.get("out"):
         raise ConfigError("Set out=/path/to/shards: the folder the shards and index.json go to.")

@@ -120,19 +120,19 @@ def precisions():
 
 
 def crop_modes():
-    from illustrious.data.settings import CROP_MODES
+    from illustrious.data.images.settings import CROP_MODES
 
     return CROP_MODES
 
 
 def txt_styles():
-    from illustrious.data.folder_datamodule import TXT_STYLES
+    from illustrious.data.sources.folder_datamodule import TXT_STYLES
 
     return TXT_STYLES
 
 
 def shard_encodings():
-    from illustrious.data.shard_writer import ENCODINGS
+    from illustrious.data.storage.shard_writer import ENCODINGS
 
     return tuple(ENCODINGS)
 
