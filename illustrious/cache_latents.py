@@ -23,7 +23,8 @@ from illustrious.data.images.decode import ImageError
 from illustrious.data.loading.batching import unit_pixels
 from illustrious.data.sources.folder_dataset import FolderSamples
 from illustrious.data.storage.latent_cache import LatentCache, LatentCacheWriter, cache_description, cache_key
-from illustrious.errors import ConfigError
+from illustrious.errors import ConfigError, reported_config_errors
+from illustrious.validation import CACHE_LATENTS, check_settings
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -116,6 +117,7 @@ def fill_cache(datamodule, backbone, *, device: str = "cpu", batch_size: int = 1
 
 def cache_latents(cfg: DictConfig) -> dict:
     """The command as a plain function: build the data module and backbone from `cfg`, fill the cache."""
+    check_settings(cfg, CACHE_LATENTS)  # every typed setting, before any work
     datamodule = instantiate(cfg.data)
     if getattr(datamodule, "latent_cache", None) is None:
         raise ConfigError("Set data.latent_cache=/path/to/latents (a folder; it is created) for the cache to go to.")
@@ -131,7 +133,8 @@ def cache_latents(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="cache_latents")
 def main(cfg: DictConfig) -> None:
-    cache_latents(cfg)
+    with reported_config_errors():  # one clear message, no stack trace
+        cache_latents(cfg)
 
 
 if __name__ == "__main__":

@@ -30,17 +30,23 @@ def instantiate(node, **kwargs):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject settings that cannot work, naming the field and what to do."""
+    """Reject settings that cannot work, naming the field, its type and an example: every typed key of the
+    run config (illustrious/validation.py), then the rules that relate several keys."""
+    from illustrious.validation import RUN, check_settings
+
+    check_settings(cfg, RUN)
     steps, epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")
-    if (steps is None or steps == 0 or steps < -1) or (steps == -1 and not epochs):
-        raise ConfigError(f"trainer.max_steps={steps}: set a positive number of steps (or trainer.max_epochs).")
+    if steps == -1 and epochs in (None, -1):
+        raise ConfigError(f"trainer.max_steps={steps}: set a positive number of steps, e.g. trainer.max_steps=600 "
+                          "(or trainer.max_epochs).")
     lr, te_lr = cfg.optim.get("lr"), cfg.optim.get("text_encoder_lr")
-    if lr is None or lr < 0 or (te_lr is not None and te_lr < 0):
-        raise ConfigError(f"optim.lr={lr}, optim.text_encoder_lr={te_lr}: learning rates must be >= 0 (0 freezes).")
     if not lr and not te_lr:
-        raise ConfigError("optim.lr and optim.text_encoder_lr are both 0: nothing would train.")
-    if cfg.sampling.steps < 1:
-        raise ConfigError(f"sampling.steps={cfg.sampling.steps}: must be >= 1.")
+        raise ConfigError("optim.lr and optim.text_encoder_lr are both 0: nothing would train. "
+                          "Set optim.lr=1e-4 (the denoiser) or optim.text_encoder_lr=1e-5.")
+    timesteps = cfg.objective.get("timesteps") or {}
+    if timesteps.get("t_min", 0.0) >= timesteps.get("t_max", 1.0):
+        raise ConfigError(f"objective.timesteps.t_min={timesteps.t_min} must be below objective.timesteps.t_max="
+                          f"{timesteps.t_max}.")
 
 
 def explain_composition_error(overrides: list[str]) -> str | None:
@@ -61,6 +67,9 @@ def explain_composition_error(overrides: list[str]) -> str | None:
     groups, keys = [], []
     for o in parsed:
         name = o.key_or_group
+        if name == "hydra.searchpath":  # the user's own config folders: their groups compose too
+            groups.append(o.input_line)
+            continue
         if o.is_hydra_override() or o.is_delete():
             continue
         if name.split("/")[0] in group_names and "." not in name:

@@ -1,5 +1,42 @@
 """Errors that tell the user which setting is wrong and what to do about it."""
 
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; raised before any model is built or data is read."""
+
+
+def config_error_message(error: BaseException) -> str | None:
+    """The one-line-per-problem message for a configuration error; None for any other exception."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(error, ConfigError):
+        return str(error)
+    if isinstance(error, MissingMandatoryValue):
+        key = getattr(error, "full_key", None) or str(error).splitlines()[0]
+        return f"{key} is required: set {key}=... on the command line."
+    if "lightning" in sys.modules:  # Lightning's own checks of trainer.* settings
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        if isinstance(error, MisconfigurationException):
+            return f"trainer settings: {error}"
+    return None
+
+
+@contextmanager
+def reported_config_errors():
+    """Around a command's body: a configuration error prints its message alone (no stack trace) to stderr
+    and exits with status 1. `HYDRA_FULL_ERROR=1` lets it propagate with the full trace, as Hydra does."""
+    try:
+        yield
+    except Exception as error:
+        message = config_error_message(error)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Configuration error: {message}\n(HYDRA_FULL_ERROR=1 shows the full stack trace.)", file=sys.stderr)
+        raise SystemExit(1) from None

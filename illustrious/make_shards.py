@@ -15,11 +15,13 @@ import hydra
 from omegaconf import DictConfig
 
 from illustrious.config import CONF_DIR, instantiate
-from illustrious.errors import ConfigError
+from illustrious.errors import ConfigError, reported_config_errors
+from illustrious.validation import MAKE_SHARDS, check_settings
 
 
 def make_shards(cfg: DictConfig) -> dict:
     """The command as a plain function; returns the shard index."""
+    check_settings(cfg, MAKE_SHARDS)  # every typed setting, before any work
     from illustrious.data.storage.shard_writer import ENCODINGS, write_shards
 
     if not cfg.get("out"):
@@ -34,7 +36,8 @@ def make_shards(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="make_shards")
 def main(cfg: DictConfig) -> None:
-    make_shards(cfg)
+    with reported_config_errors():  # one clear message, no stack trace
+        make_shards(cfg)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ groups, `--cfg job` prints the composed config (fast: nothing heavy is imported 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from illustrious.config import CONF_DIR
+from illustrious.errors import reported_config_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -24,9 +26,16 @@ def main(cfg: DictConfig) -> float | None:
     # Hydra owns logging on the command line (console + run.log); Lightning's package-level console
     # handler would print every line a second time.
     logging.getLogger("lightning").handlers.clear()
-    metrics, _ = train(cfg)
+    with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
+        metrics, _ = train(cfg)
     # the value a sweeper optimises, when one is configured
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+
+
+def config_dirs(argv: list[str]) -> list[str]:
+    """The folders given with `--config-dir DIR` / `-cd DIR` / `--config-dir=DIR` (the user's own config groups)."""
+    dirs = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config-dir", "-cd")]
+    return dirs + [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
 
 
 def entry() -> None:
@@ -36,7 +45,8 @@ def entry() -> None:
         if exit_.code not in (0, None):
             from illustrious.config import explain_composition_error
 
-            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+            overrides = [a for a in sys.argv[1:] if not a.startswith("-") and a not in config_dirs(sys.argv)]
+            overrides += [f"hydra.searchpath=[file://{Path(d).resolve()}]" for d in config_dirs(sys.argv)]
             hint = explain_composition_error(overrides)
             if hint:
                 print(hint, file=sys.stderr)

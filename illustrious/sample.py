@@ -1,4 +1,6 @@
-"""`python -m illustrious.sample checkpoint=... prompt="..." [key=value ...]`: images from a training checkpoint.
+"""`illustrious-sample checkpoint=... prompt="..." [key=value ...]` (or `python -m illustrious.sample`): images
+from a training checkpoint. `prompt_file=prompts.txt` reads one prompt per line (blank lines and `#` comments
+are skipped), for batch generation.
 
 The model is rebuilt from the run config stored in the checkpoint, so `checkpoint=` alone suffices; every
 setting not given falls back to that config's `sampling:` block. Each PNG carries its settings twice in tEXt
@@ -18,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from illustrious.config import CONF_DIR
+from illustrious.errors import ConfigError, reported_config_errors
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,54 @@ def resolve_settings(cfg: DictConfig, run_sampling: dict) -> dict:
     return settings
 
 
-def image_size(cfg: DictConfig, run_cfg: DictConfig) -> tuple[int, int]:
+def image_size(cfg: DictConfig, run_cfg: DictConfig, pixel_multiple: int) -> tuple[int, int]:
+    """height, width: the command line's, else the checkpoint's training size; multiples of the backbone's."""
     height = cfg.height or OmegaConf.select(run_cfg, "data.height")
     width = cfg.width or OmegaConf.select(run_cfg, "data.width")
     if not (height and width):
-        raise ValueError("Set height= and width=: the checkpoint's run config does not say its image size.")
+        raise ConfigError("Set height= and width= (e.g. height=1024 width=1024): the checkpoint's run config does "
+                          "not say its image size.")
+    for key, size in (("height", height), ("width", width)):
+        if size % pixel_multiple:
+            fit = max(pixel_multiple, round(size / pixel_multiple) * pixel_multiple)
+            raise ConfigError(f"{key}={size}: must be a multiple of {pixel_multiple} for this backbone, e.g. {key}={fit}")
     return int(height), int(width)
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """One prompt per line; blank lines and lines starting with `#` are skipped."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"prompt_file={path!r} does not exist: give a text file with one prompt per line.")
+    lines = (line.strip() for line in file.read_text(encoding="utf-8").splitlines())
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ConfigError(f"prompt_file={path!r} holds no prompts (blank lines and # comments are skipped).")
+    return prompts
+
+
+def prompts_of(cfg: DictConfig) -> list[str]:
+    """`prompt` (one string or a list) followed by the lines of `prompt_file`."""
+    given = [] if cfg.prompt is None else [cfg.prompt] if isinstance(cfg.prompt, str) else list(cfg.prompt)
+    if not all(isinstance(p, str) for p in given):
+        raise ConfigError(f"prompt={given!r}: give text, e.g. prompt=\"a red circle\" or prompt='[first, second]'.")
+    prompts = given + (read_prompt_file(cfg.prompt_file) if cfg.prompt_file else [])
+    if not prompts:
+        raise ConfigError('Nothing to sample: set prompt="..." or prompt_file=prompts.txt (one prompt per line).')
+    return prompts
+
+
+def check_sample_config(cfg: DictConfig) -> list[str]:
+    """Every setting of conf/sample.yaml checked before the model loads; returns the prompts."""
+    from illustrious.validation import SAMPLE, check_settings
+
+    check_settings(cfg, SAMPLE)
+    if not Path(cfg.checkpoint).expanduser().is_file():
+        raise ConfigError(f"checkpoint={cfg.checkpoint!r} does not exist: give a training checkpoint, e.g. "
+                          "checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
+    if cfg.init_image and not Path(cfg.init_image).expanduser().is_file():
+        raise ConfigError(f"init_image={cfg.init_image!r} does not exist.")
+    return prompts_of(cfg)
 
 
 def load_init_images(path: str, n: int, height: int, width: int):
@@ -72,8 +117,6 @@ def load_init_images(path: str, n: int, height: int, width: int):
     from PIL import Image
 
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"init_image={path!r} does not exist.")
     image = Image.open(file).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
     return pixels.unsqueeze(0).expand(n, -1, -1, -1).contiguous()
@@ -140,12 +183,10 @@ def sample(cfg: DictConfig) -> list[Path]:
     from illustrious.eval.trajectory import TrajectoryRecorder, plot_trajectory, trajectory_metrics
     from illustrious.sampling.generate import generate
 
-    prompts = [cfg.prompt] if isinstance(cfg.prompt, str) else list(cfg.prompt)
-    if not prompts or cfg.num_images < 1:
-        raise ValueError(f"prompt={cfg.prompt!r}, num_images={cfg.num_images}: need at least one image.")
+    prompts = check_sample_config(cfg)
     module, run_cfg = load_module(cfg.checkpoint, cfg.allow_pickle, cfg.device)
     settings = resolve_settings(cfg, dict(run_cfg.get("sampling") or {}))
-    height, width = image_size(cfg, run_cfg)
+    height, width = image_size(cfg, run_cfg, module.backbone.pixel_multiple)
     jobs = [p for p in prompts for _ in range(cfg.num_images)]
     init = load_init_images(cfg.init_image, len(jobs), height, width) if cfg.init_image else None
     recorder = TrajectoryRecorder(module.backbone.decode) if cfg.diagnostics else None
@@ -177,8 +218,9 @@ def sample(cfg: DictConfig) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
-    for path in sample(cfg):
-        log.info("wrote %s", path)
+    with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
+        for path in sample(cfg):
+            log.info("wrote %s", path)
 
 
 def entry() -> None:

@@ -1,6 +1,6 @@
 """The `Backbone` contract: what every denoiser + text encoder + autoencoder bundle offers the trainer.
 
-Time convention (DESIGN.md): `t` in [0, 1], 0 = clean data, 1 = pure noise. A backbone adapter converts
+Time convention (ARCHITECTURE.md, "The time convention"): `t` in [0, 1], 0 = clean data, 1 = pure noise. A backbone adapter converts
 `t` to whatever its network was trained with, and nothing outside the adapter ever sees that.
 """
 

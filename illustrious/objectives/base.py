@@ -1,4 +1,4 @@
-"""The `Objective` contract (DESIGN.md): noising process, training target and its inverses.
+"""The `Objective` contract (ARCHITECTURE.md, "The contracts"): noising process, training target and its inverses.
 
 Every objective writes its forward process as `x_t = alpha(t) * x0 + sigma(t) * noise` with `t` in [0, 1]
 (0 = clean, 1 = noise), so samplers and weightings can be written once against `alpha_sigma`.

@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 from tests.conftest import FAST, REPO, run_cli
 
 
@@ -35,13 +37,14 @@ def test_wrong_group_option_lists_choices(tmp_path):
     assert proc.returncode != 0
     for choice in ("sdxl", "sdxl_tiny", "lumina", "lumina_tiny"):
         assert choice in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs").exists()  # stopped before any work
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
     proc = run_cli("trainer.max_stepz=5", cwd=tmp_path)
     assert proc.returncode != 0
-    assert "Did you mean trainer.max_steps?" in proc.stderr
+    assert "Did you mean trainer.max_steps?" in proc.stderr and "Traceback" not in proc.stderr
     assert "accumulate_grad_batches" in proc.stderr  # the valid keys are listed
     proc = run_cli("optim.lrr=1", "backbone=sdxl_tiny", cwd=tmp_path)
     assert "Did you mean optim.lr?" in proc.stderr
@@ -76,3 +79,86 @@ def test_experiment_recipe_composes(tmp_path):
     lumina = run_cli("+experiment=shapes_lumina", "--cfg", "job", cwd=tmp_path)
     assert lumina.returncode == 0, lumina.stderr
     assert lumina.stdout == run_cli("backbone=lumina_tiny", "backbone.system_prompt=''", "--cfg", "job", cwd=tmp_path).stdout
+
+
+def run_command(module: str, *args: str, cwd, full_error: bool = False):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1" if full_error else "0"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(("module", "args", "message"), [
+    ("illustrious.run", ["optim.lr=abc"], "optim.lr='abc': needs a number (float) >= 0, e.g. optim.lr=1e-4"),
+    ("illustrious.run", ["backbone=lumina", "trainer.enable_progress_bar=false"],
+     "backbone=lumina needs pretrained weights: set backbone.weights=/path/to/Lumina-Image-2.0"),
+    ("illustrious.sample", ["checkpoint=missing.safetensors", "prompt=a red circle"],
+     "checkpoint='missing.safetensors' does not exist: give a training checkpoint"),
+    ("illustrious.cache_latents", ["data.root=/nowhere", "batch_size=0"],
+     "batch_size=0: needs a whole number (int) >= 1, e.g. batch_size=16"),
+    ("illustrious.make_shards", ["data.root=/nowhere"], "Set out=/path/to/shards"),
+])
+def test_config_errors_print_one_message_without_a_trace(module, args, message, tmp_path):
+    proc = run_command(module, *args, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"Configuration error: {message}") or f"\nConfiguration error: {message}" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.rstrip().endswith("(HYDRA_FULL_ERROR=1 shows the full stack trace.)")
+
+
+def test_full_trace_with_hydra_full_error(tmp_path):
+    proc = run_command("illustrious.run", "optim.lr=abc", cwd=tmp_path, full_error=True)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "illustrious.errors.ConfigError: optim.lr='abc': needs a number (float) >= 0" in proc.stderr
+
+
+def test_composition_errors_have_no_trace(tmp_path):
+    proc = run_command("illustrious.sample", "stepz=3", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Could not override 'stepz'." in proc.stderr and "Traceback" not in proc.stderr
+
+
+def write_user_configs(folder):
+    """A user's own config folder: a backbone variant and a recipe that selects it."""
+    (folder / "backbone").mkdir(parents=True)
+    (folder / "experiment").mkdir()
+    (folder / "backbone" / "my_model.yaml").write_text(
+        "defaults:\n  - sdxl_tiny\n  - _self_\ntokenizer_max_length: 16\n")
+    (folder / "experiment" / "my_recipe.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /backbone: my_model\ntrainer:\n  max_steps: 2\n"
+        "optim:\n  lr: 1e-3\n")
+    # a recipe over shipped options only: its checkpoints can be sampled (a checkpoint's stored choices are
+    # rebuilt from the package's own config groups, so one trained with backbone=my_model cannot be yet)
+    (folder / "experiment" / "my_quick.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /backbone: sdxl_tiny\nbackbone:\n  tokenizer_max_length: 16\n"
+        "trainer:\n  max_steps: 2\n")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
+def test_user_config_folder_adds_groups_and_recipes(how, tmp_path):
+    import yaml
+
+    user = write_user_configs(tmp_path / "my_conf")
+    where = ["--config-dir", str(user)] if how == "--config-dir" else [f"hydra.searchpath=[file://{user}]"]
+    proc = run_cli(*where, "+experiment=my_recipe", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["backbone"]["tokenizer_max_length"] == 16  # the user's backbone, on top of the shipped sdxl_tiny
+    assert cfg["backbone"]["_target_"] == "illustrious.backbones.sdxl.SDXLBackbone.from_config"
+    assert (cfg["trainer"]["max_steps"], cfg["optim"]["lr"]) == (2, 1e-3)
+    # the unknown-key hint knows the user's groups too
+    proc = run_cli(*where, "backbone=my_model", "trainer.max_stepz=3", cwd=tmp_path)
+    assert "Did you mean trainer.max_steps?" in proc.stderr
+
+
+def test_user_config_folder_in_a_notebook(tmp_path):
+    from tests.conftest import compose_config
+
+    user = write_user_configs(tmp_path / "my_conf")
+    cfg = compose_config([f"hydra.searchpath=[file://{user}]", "+experiment=my_recipe"], tmp_path)
+    assert (cfg.backbone.tokenizer_max_length, cfg.trainer.max_steps) == (16, 2)

@@ -93,14 +93,72 @@ def test_command_line(checkpoint, tmp_path):
 
 
 def test_missing_or_wrong_checkpoint_is_named(tmp_path):
-    from omegaconf.errors import MissingMandatoryValue
-
+    from illustrious.errors import ConfigError
     from illustrious.sample import sample
 
-    with pytest.raises(MissingMandatoryValue, match="checkpoint"):
+    with pytest.raises(ConfigError) as error:
         sample(sample_config(f"prompt={PROMPT!r}", out_dir=tmp_path))
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    assert str(error.value) == "checkpoint is required: a string, e.g. checkpoint=outputs/run/checkpoints/last.safetensors"
+    with pytest.raises(ConfigError) as error:
         sample(sample_config(f"checkpoint={tmp_path / 'nope.safetensors'}", f"prompt={PROMPT!r}", out_dir=tmp_path))
+    assert str(error.value) == (f"checkpoint='{tmp_path / 'nope.safetensors'}' does not exist: give a training "
+                                "checkpoint, e.g. checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
+
+
+def test_prompt_file_one_prompt_per_line(checkpoint, tmp_path):
+    from illustrious.sample import read_prompt_file, read_settings, sample
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"# shapes to draw\n{PROMPT}\n\n   \n  1girl, solo, black background  \n#skip me\n",
+                       encoding="utf-8")
+    assert read_prompt_file(str(prompts)) == [PROMPT, "1girl, solo, black background"]
+    paths = sample(sample_config(f"checkpoint={checkpoint}", f"prompt_file={prompts}", "prompt='a first one'",
+                                 "steps=2", "num_images=2", "seed=3", out_dir=tmp_path / "out"))
+    assert [read_settings(p)["prompt"] for p in paths] == ["a first one"] * 2 + [PROMPT] * 2 + [
+        "1girl, solo, black background"] * 2
+    assert [read_settings(p)["seed"] for p in paths] == [3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["width=0"], "width=0: needs a whole number (int) >= 1 (or null), e.g. width=1024"),
+    (["height=-32"], "height=-32: needs a whole number (int) >= 1 (or null), e.g. height=1024"),
+    (["steps=0"], "steps=0: needs a whole number (int) >= 1 (or null), e.g. steps=28"),
+    (["num_images=0"], "num_images=0: needs a whole number (int) >= 1, e.g. num_images=4"),
+    (["sampler=bogus"], "sampler='bogus': needs one of ddim, dpmpp_2m, euler (or null), e.g. sampler=dpmpp_2m"),
+    (["prompt=null"], 'Nothing to sample: set prompt="..." or prompt_file=prompts.txt (one prompt per line).'),
+    (["prompt_file=missing.txt"],
+     "prompt_file='missing.txt' does not exist: give a text file with one prompt per line."),
+])
+def test_bad_settings_stop_before_the_model_loads(overrides, message, checkpoint, tmp_path, monkeypatch):
+    import illustrious.sample as sample_module
+    from illustrious.errors import ConfigError
+
+    monkeypatch.setattr(sample_module, "load_module", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError) as error:
+        sample_module.sample(sample_config(f"checkpoint={checkpoint}", f"prompt={PROMPT!r}", *overrides,
+                                           out_dir=tmp_path))
+    assert str(error.value) == message
+
+
+def test_size_must_fit_the_backbone(checkpoint, tmp_path):
+    from illustrious.errors import ConfigError
+    from illustrious.sample import load_module, sample
+
+    multiple = load_module(str(checkpoint))[0].backbone.pixel_multiple
+    assert multiple > 1
+    with pytest.raises(ConfigError) as error:
+        sample(sample_config(f"checkpoint={checkpoint}", f"prompt={PROMPT!r}", f"width={multiple + 1}",
+                             out_dir=tmp_path))
+    assert str(error.value) == (f"width={multiple + 1}: must be a multiple of {multiple} for this backbone, "
+                                f"e.g. width={multiple}")
+
+
+def test_command_line_rejects_bad_sizes_with_one_message(checkpoint, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "illustrious.sample", f"checkpoint={checkpoint}", f"prompt={PROMPT}",
+                           "width=0", f"out_dir={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Configuration error: width=0: needs a whole number (int) >= 1 (or null), e.g. width=1024" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("prompt", ["1girl, solo, black background", "it's a \\ backslash, and a quote\\'", "x\\"])

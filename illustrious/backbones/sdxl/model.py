@@ -113,6 +113,6 @@ class SDXLBackbone(Backbone):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
         added = {"text_embeds": cond.pooled.to(x_t.dtype), "time_ids": self.time_ids(x_t, batch_extras)}
-        # The UNet was trained on discrete steps k = 1000 t (DESIGN.md time convention).
+        # The UNet was trained on discrete steps k = 1000 t (ARCHITECTURE.md, "The time convention").
         return self.denoiser(x_t, 1000 * t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
                              added_cond_kwargs=added, return_dict=False)[0]
