@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     from illustrious.train import train
 
     out = tmp_path_factory.mktemp("run")
-    train(compose_config([*FAST, *QUIET], out))
+    train(compose_config([*FAST, *QUIET, "backbone=sdxl_tiny"], out))
     return out / "checkpoints" / "last.safetensors"
 
 
