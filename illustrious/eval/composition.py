@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from illustrious.data.shapes import BACKGROUNDS, SHAPE_COLOURS, SHAPES, Layout, region
+from illustrious.data.sources.shapes import BACKGROUNDS, SHAPE_COLOURS, SHAPES, Layout, region
 
 _NAMES = [*SHAPE_COLOURS, *BACKGROUNDS]
 _PALETTE = np.array([*SHAPE_COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)

@@ -5,7 +5,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from illustrious.data.shapes import BACKGROUNDS, SHAPE_COLOURS, Layout, ShapesDataset, ShapeSpec, region
+from illustrious.data.sources.shapes import (
+    BACKGROUNDS,
+    SHAPE_COLOURS,
+    Layout,
+    ShapesDataset,
+    ShapeSpec,
+    region,
+)
 from illustrious.eval.composition import (
     chance_scores,
     classify_shape,
