@@ -75,10 +75,18 @@ def test_experiment_recipe_composes(tmp_path):
     assert (REPO / "illustrious" / "conf" / "experiment" / "shapes_default.yaml").is_file()
     # the recipe writes out the default run: both compose to the same job config
     assert proc.stdout == run_cli("--cfg", "job", cwd=tmp_path).stdout
-    # the Lumina recipe is the default run on lumina_tiny with an empty system prompt
+    # the default run is lumina_tiny + flow, without a system prompt; the Lumina recipe is the same run
+    assert "LuminaBackbone" in proc.stdout and "system_prompt: ''" in proc.stdout and "FlowObjective" in proc.stdout
     lumina = run_cli("+experiment=shapes_lumina", "--cfg", "job", cwd=tmp_path)
     assert lumina.returncode == 0, lumina.stderr
-    assert lumina.stdout == run_cli("backbone=lumina_tiny", "backbone.system_prompt=''", "--cfg", "job", cwd=tmp_path).stdout
+    assert lumina.stdout == proc.stdout
+    # the SDXL recipe is the default run on sdxl_tiny with 32-token prompts
+    sdxl = run_cli("+experiment=shapes_sdxl", "--cfg", "job", cwd=tmp_path)
+    assert sdxl.returncode == 0, sdxl.stderr
+    assert sdxl.stdout == run_cli("backbone=sdxl_tiny", "backbone.tokenizer_max_length=32", "--cfg", "job",
+                                  cwd=tmp_path).stdout
+
+
 
 
 def run_command(module: str, *args: str, cwd, full_error: bool = False):

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     from illustrious.train import train
 
     out = tmp_path_factory.mktemp("run")
-    train(compose_config([*FAST, *QUIET], out))
+    train(compose_config([*FAST, *QUIET, "backbone=sdxl_tiny"], out))
     return out / "checkpoints" / "last.safetensors"
 
 
@@ -156,7 +156,8 @@ def test_resume_from_crafted_checkpoint_runs_no_code(trained, tmp_path):
 
     marker = tmp_path / "marker"
     path = crafted(trained, tmp_path, marker, legacy=True)
-    cfg = compose_config([*FAST, *QUIET, "trainer.max_steps=3", f"ckpt_path={path}"], tmp_path / "resumed")
+    cfg = compose_config([*FAST, *QUIET, "backbone=sdxl_tiny", "trainer.max_steps=3", f"ckpt_path={path}"],
+                         tmp_path / "resumed")
     metrics, _ = train(cfg)
     assert not marker.exists()
     assert metrics["global_step"] == 3  # resumed at step 2 and trained one more
