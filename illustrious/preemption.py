@@ -7,8 +7,10 @@ looks at `received()` after every step, saves, requeues under SLURM when the sig
 it: 143 for SIGTERM, 138 for SIGUSR1) the command line exits with. A scheduler therefore never records a
 preempted run as a success, and the next start resumes from the checkpoint written on the way out.
 
-The handlers are installed before Lightning installs its own: Lightning then keeps ours in its SIGTERM
-chain and does not add its SLURM SIGUSR1 handler (which would write a separate `hpc_ckpt_N.ckpt`).
+The handlers are installed before Lightning installs its own, so that Lightning does not add its SLURM
+SIGUSR1 handler (which would write a separate `hpc_ckpt_N.ckpt`), and installed again once training starts
+(`reinstall`), replacing Lightning's SIGTERM handler: that one makes the loop raise SystemExit with status 0
+at the end of the step, before our checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 _received: int | None = None
+_listening: tuple = ()
 
 
 class TrainingInterrupted(Exception):
@@ -60,17 +63,26 @@ def _record(signum, frame) -> None:
 @contextmanager
 def listen(signals=STOP_SIGNALS) -> Iterator[None]:
     """Record stop signals while the block runs (main thread only; elsewhere signals cannot be caught)."""
-    global _received
+    global _received, _listening
     _received = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.signal(s, _record) for s in signals}
+    _listening = tuple(signals)
     try:
         yield
     finally:
+        _listening = ()
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def reinstall() -> None:
+    """Put our handlers back over any installed since `listen()` began (Lightning's, at the start of fit)."""
+    if _listening and threading.current_thread() is threading.main_thread():
+        for s in _listening:
+            signal.signal(s, _record)
 
 
 def requeue_slurm_job() -> bool:

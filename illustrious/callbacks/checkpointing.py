@@ -42,6 +42,9 @@ class RunCheckpoint(Checkpoint):
         return self.folder.dir
 
     # -- when -----------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        preemption.reinstall()  # over Lightning's SIGTERM handler (see illustrious.preemption)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         signum = preemption.received()
