@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from illustrious.checkpoint_io import load_checkpoint_file, read_header
+from illustrious.utils.files import fsync_file, fsync_folder, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,14 @@ class CheckpointFolder:
     # -- after a save ------------------------------------------------------------------------------------
     def point_last_at(self, snapshot: Path) -> None:
         """Make `last.safetensors` name `snapshot`, atomically (a reader sees the old or the new, never neither)."""
-        tmp = self.dir / f".{LAST}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
+        tmp = temporary_name(self.last)
         try:
             os.link(snapshot, tmp)
         except OSError:  # file systems without hard links: a copy, flushed before it takes the name
             shutil.copyfile(snapshot, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(tmp)
         os.replace(tmp, self.last)
+        fsync_folder(self.dir)
 
     def prune(self, keep_last: int) -> None:
         """Delete all but the newest `keep_last` step files (`last` keeps its own link to the newest)."""

@@ -25,6 +25,8 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from illustrious.utils.files import atomic_save
+
 STRUCTURE_KEY = "illustrious.checkpoint"
 FORMAT_VERSION = "1"
 CHECKSUM_KEY = "tensor_checksum"  # in the metadata: see tensor_checksum
@@ -130,17 +132,6 @@ def is_disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC or "StorageFull" in str(error) or "No space left" in str(error)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # platforms without directory handles
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
     """Write atomically: a temporary file beside `path`, flushed to disk, then renamed over it. An interrupted
     or failed save (a full disk included) leaves the previous file at `path` untouched."""
@@ -155,16 +146,9 @@ def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
     for key in ("global_step", "epoch"):
         if isinstance(checkpoint.get(key), int):
             metadata[key] = str(checkpoint[key])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))  # tmp, fsync, rename
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
         if is_disk_full(e):
             kept = f"the previous {path.name} is kept" if path.exists() else "no earlier file was there"
             raise OSError(errno.ENOSPC, f"Disk full while writing checkpoint {path} ({kept}). Free space on "
