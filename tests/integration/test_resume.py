@@ -37,7 +37,7 @@ def start(args: list[str], out: Path) -> subprocess.Popen:
 
 def logged_steps(out: Path) -> int:
     path = out / "steps.jsonl"
-    return len(read_steps(path)) and max(read_steps(path)) if path.exists() else 0
+    return max(read_steps(path) if path.exists() else {}, default=0)
 
 
 def stop_after(proc: subprocess.Popen, out: Path, step: int, signum: int, timeout: float = 600) -> str:
