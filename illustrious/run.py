@@ -26,8 +26,14 @@ def main(cfg: DictConfig) -> float | None:
     # Hydra owns logging on the command line (console + run.log); Lightning's package-level console
     # handler would print every line a second time.
     logging.getLogger("lightning").handlers.clear()
-    with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
-        metrics, _ = train(cfg)
+    from illustrious.preemption import TrainingInterrupted
+
+    try:
+        with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
+            metrics, _ = train(cfg)
+    except TrainingInterrupted as stop:  # saved and stopped on a signal: never exit 0 (see illustrious.preemption)
+        logging.getLogger(__name__).warning("%s", stop)
+        sys.exit(stop.exit_code)
     # the value a sweeper optimises, when one is configured
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 

@@ -51,15 +51,22 @@ def build_module(cfg: DictConfig, backbone=None):
     )
 
 
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    node = (cfg.get("callbacks") or {}).get("checkpoint")
+    return Path(node.dirpath) if node is not None and node.get("dirpath") else Path(cfg.output_dir) / "checkpoints"
+
+
+def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict] | None:
+    """The verified checkpoint the run continues from (illustrious.checkpoint_folder.resume_checkpoint)."""
+    from illustrious.checkpoint_folder import resume_checkpoint as choose
+
+    return choose(checkpoint_dir(cfg), cfg.get("ckpt_path"), bool(cfg.resume), bool(cfg.allow_pickle))
+
+
 def resume_path(cfg: DictConfig) -> str | None:
-    """An explicit `ckpt_path`, else the run's last checkpoint when `resume` is on and one exists."""
-    if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
-    last = Path(cfg.output_dir) / "checkpoints" / "last.safetensors"
-    if cfg.resume and last.is_file():
-        log.info("Resuming from %s", last)
-        return str(last)
-    return None
+    """The run's newest complete checkpoint when `resume` is on, else an explicit `ckpt_path`, else None."""
+    found = resume_checkpoint(cfg)
+    return str(found[0]) if found else None
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
@@ -72,11 +79,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     datamodule = instantiate(cfg.data, captions=instantiate(cfg.captions))
     if hasattr(datamodule, "check"):
         datamodule.check()  # missing or empty data stops the run here, before any model is built
+    resume = resume_checkpoint(cfg)  # read and verified now: a bad checkpoint stops the run before the model
     backbone = instantiate(cfg.backbone)
     if hasattr(datamodule, "check_pixel_multiple"):
         datamodule.check_pixel_multiple(backbone.pixel_multiple)
     module = build_module(cfg, backbone)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg))
+    ckpt_path = None
+    if resume is not None:  # handed to the checkpoint plugin, so the trainer does not read the file again
+        ckpt_path = str(resume[0])
+        trainer.strategy.checkpoint_io.preload(*resume)
+        resume = None
+    from illustrious import preemption
+
+    with preemption.listen():  # SIGTERM/SIGUSR1: checkpoint at the step's end, then TrainingInterrupted
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     metrics["global_step"] = trainer.global_step

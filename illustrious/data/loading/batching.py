@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +12,15 @@ from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.sample import SIZE_KEYS
 
 SKIPPED_KEY = "skipped"  # batch-level: [(path, reason)] of samples replaced because they failed to load
+MASK64 = (1 << 64) - 1
+CAPTION_STREAM, CROP_STREAM = 0, 1  # independent draws for one sample
+
+
+def sample_rng(seed: int, epoch: int, index: int, stream: int = CAPTION_STREAM) -> random.Random:
+    """The RNG of one sample's random choices in one epoch: the same in every loader worker, on every rank
+    and after a resume (a global RNG is none of these). (seed, epoch, index) are packed into one integer."""
+    return random.Random(((stream & 0xFF) << 192) | ((seed & MASK64) << 128) | ((epoch & MASK64) << 64)
+                         | (index & MASK64))
 
 
 def unit_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -34,6 +44,9 @@ class LoadedBatch:
 
     samples: list[dict]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # the epoch and dataset index of each position, when the sampler says (EpochBatch): per-sample RNGs
+    epoch: int | None = None
+    indices: list[int] | None = None
 
 
 class Collate:
@@ -48,17 +61,21 @@ class Collate:
     before the batch reaches the model.
     """
 
-    def __init__(self, captions: CaptionPipeline | None = None, defer_float: bool = False):
+    def __init__(self, captions: CaptionPipeline | None = None, defer_float: bool = False, seed: int = 0):
         self.captions = captions or CaptionPipeline(dropout=0.0)
+        self.seed = seed  # with a LoadedBatch's epoch and indices: each caption drawn from sample_rng
         # True: 8-bit pixels and half-precision latents stay as they are, for a data module that converts
         # them after the copy to the device (`to_float`)
         self.defer_float = defer_float
 
     def __call__(self, samples: list[dict] | LoadedBatch) -> dict:
-        skipped = None
+        skipped, rngs = None, None
         if isinstance(samples, LoadedBatch):
+            if samples.epoch is not None and samples.indices is not None:
+                rngs = [sample_rng(self.seed, samples.epoch, i) for i in samples.indices]
             samples, skipped = samples.samples, samples.skipped
-        batch: dict = {"captions": [self.captions(s["captions"]) for s in samples]}
+        rngs = rngs or [None] * len(samples)  # plain lists of samples: the global RNG, as before
+        batch: dict = {"captions": [self.captions(s["captions"], r) for s, r in zip(samples, rngs, strict=True)]}
         for key in ("pixels", "latents"):
             if key in samples[0]:
                 batch[key] = torch.stack([torch.as_tensor(np.asarray(s[key])) for s in samples])
@@ -69,6 +86,6 @@ class Collate:
                 batch[key] = torch.tensor([s[key] for s in samples], dtype=torch.long)
         for key in samples[0].keys() - batch.keys() - {"captions"}:
             batch[key] = [s[key] for s in samples]  # anything else (layouts, paths) stays a list
-        if skipped is not None:
+        if skipped:  # only batches that had to replace a sample carry the list
             batch[SKIPPED_KEY] = list(skipped)
         return batch

@@ -34,6 +34,16 @@ def group_by_bucket(bucket_ids: np.ndarray) -> dict[int, np.ndarray]:
     return {int(b): order[s:e] for b, s, e in zip(buckets, starts, [*starts[1:], len(order)], strict=True)}
 
 
+class EpochBatch(list):
+    """A batch's indices, and the epoch they were drawn for: the batch datasets seed each sample's random
+    choices (caption, crop) from (seed, epoch, index), identically in every worker, on every rank and after
+    a resume. A list subclass, so it pickles to loader workers with its epoch and compares as a list."""
+
+    def __init__(self, indices, epoch: int):
+        super().__init__(indices)
+        self.epoch = epoch
+
+
 class BucketBatchSampler(DistributedSampler):
     def __init__(self, bucket_ids, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  drop_last: bool = False, shuffle: bool = True):
@@ -86,18 +96,25 @@ class BucketBatchSampler(DistributedSampler):
         return int((sizes // self.batch_size).sum() + (0 if self.drop_last else (sizes % self.batch_size > 0).sum()))
 
     def rank_batches(self, epoch: int, offset: int = 0) -> np.ndarray:
-        """This rank's batches of `epoch` that start at or after global position `offset`."""
+        """This rank's batches of `epoch` that start at or after global position `offset`.
+
+        What remains of the epoch is padded (with its first batches) or cut to a multiple of the world size,
+        so every rank gets the same number of batches even when `offset` was reached with another world size.
+        """
         batches = self.global_batches(epoch)
-        length = self.padded_length(len(batches))
-        if length > len(batches):
-            batches = np.concatenate([batches, batches[:length - len(batches)]])
-        return batches[:length][offset + self.rank::self.num_replicas]
+        rest = batches[offset:]
+        w = self.num_replicas
+        if self.drop_last:
+            rest = rest[:len(rest) // w * w]
+        elif len(rest) % w:
+            rest = np.concatenate([rest, batches[:w - len(rest) % w]])
+        return rest[self.rank::w]
 
     # -- sampler protocol -------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[EpochBatch]:
         offset, self.offset = self.offset, 0  # a resume position is used once
         for batch in self.rank_batches(self.epoch, offset):
-            yield batch.tolist()
+            yield EpochBatch(batch.tolist(), self.epoch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch()
@@ -113,7 +130,7 @@ class BucketBatchSampler(DistributedSampler):
         resumed_offset, resumed_count = self._resumed
         offset = resumed_offset + (batches_done - resumed_count) * self.num_replicas
         epoch = self.epoch
-        if offset >= self.padded_length(self._count_batches()):  # the epoch is complete: the next one starts
+        if self._count_batches() - offset < (self.num_replicas if self.drop_last else 1):  # the epoch is done
             epoch, offset, batches_done = epoch + 1, 0, 0
         return {"epoch": epoch, "offset": offset, "batches_done": batches_done,
                 "world_size": self.num_replicas, "seed": self.seed, "batch_size": self.batch_size,

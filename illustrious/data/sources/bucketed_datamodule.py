@@ -87,7 +87,7 @@ class BucketedDataModule(L.LightningDataModule):
 
     def loader_collate(self) -> Collate:
         """The collate for this module's loaders: compact tensors when a trainer converts them on the device."""
-        return Collate(self.caption_pipeline, defer_float=getattr(self, "trainer", None) is not None)
+        return Collate(self.caption_pipeline, defer_float=getattr(self, "trainer", None) is not None, seed=self.seed)
 
     def teardown(self, stage: str) -> None:
         if not len(self.skipped):

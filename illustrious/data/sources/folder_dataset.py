@@ -19,7 +19,7 @@ from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.labels import caption_variants
 from illustrious.data.index.sidecars import TAG_CATEGORIES
-from illustrious.data.loading.batching import LoadedBatch
+from illustrious.data.loading.batching import CROP_STREAM, LoadedBatch, sample_rng
 from illustrious.data.loading.sample import sample_record
 from illustrious.data.storage.latent_cache import LatentCache, stamp
 
@@ -70,20 +70,23 @@ class BucketBatches:
         self._bad: set[int] = set()  # per process: indices known not to load
 
     def __getitem__(self, indices) -> LoadedBatch:
+        epoch = getattr(indices, "epoch", None)  # an EpochBatch from the bucket sampler
         indices = [int(i) for i in indices]
         loaded, skipped = [], []
         for i in indices:
-            sample = self._load(i, skipped)
+            sample = self._load(i, skipped, epoch)
             if sample is None:
-                sample = self._replacement(i, indices, skipped)
+                sample = self._replacement(i, indices, skipped, epoch)
             loaded.append(sample)
-        return LoadedBatch(loaded, skipped)
+        return LoadedBatch(loaded, skipped, epoch=epoch, indices=indices if epoch is not None else None)
 
-    def _load(self, index: int, skipped: list) -> dict | None:
+    def _load(self, index: int, skipped: list, epoch: int | None = None) -> dict | None:
         if index in self._bad:
             return None
+        # random crops drawn per (seed, epoch, sample): the same in every worker and after a resume
+        rng = sample_rng(self.seed, epoch, index, CROP_STREAM) if epoch is not None else None
         try:
-            return self.samples.load(index)
+            return self.samples.load(index, rng)
         except (ImageError, OSError) as e:
             reason = e.reason if isinstance(e, ImageError) else "unreadable_image"
             detail = e.detail if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
@@ -91,14 +94,14 @@ class BucketBatches:
             skipped.append((self.samples.row(index)["path"], f"{reason}: {detail}"))
             return None
 
-    def _replacement(self, index: int, batch: list[int], skipped: list) -> dict:
+    def _replacement(self, index: int, batch: list[int], skipped: list, epoch: int | None = None) -> dict:
         bucket = int(self.bucket_ids[index])
         candidates = [int(c) for c in self.members[bucket] if c not in self._bad]
         rng = random.Random(f"{self.seed}:{index}")  # the same choice in every worker and on every rank
         rng.shuffle(candidates)
         preferred = [c for c in candidates if c not in batch] + [c for c in candidates if c in batch]
         for candidate in preferred[:MAX_REPLACEMENTS]:
-            sample = self._load(candidate, skipped)
+            sample = self._load(candidate, skipped, epoch)
             if sample is not None:
                 return sample
         w, h = self.samples.bucket_sizes[index]

@@ -1,13 +1,23 @@
-"""`data=shapes`: the built-in synthetic set as a LightningDataModule, with held-out prompts for evaluation."""
+"""`data=shapes`: the built-in synthetic set as a LightningDataModule, with held-out prompts for evaluation.
+
+Batches come from the bucket batch sampler over one bucket (a shuffle per (seed, epoch), sharded by rank,
+whole batches only): its position is saved in checkpoints, so a resumed run continues at the exact batch,
+and each sample's caption is drawn from (seed, epoch, index).
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader
 
 from illustrious.data.captions import CaptionPipeline
-from illustrious.data.loading.batching import Collate
+from illustrious.data.loading.batching import Collate, LoadedBatch
+from illustrious.data.loading.sampler import BucketBatchSampler
 from illustrious.data.sources.shapes import Layout, ShapesDataset
+from illustrious.errors import ConfigError
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts come from a disjoint stream of layouts
 
@@ -19,8 +29,10 @@ class ShapesDataModule(L.LightningDataModule):
         self.dataset = ShapesDataset(length=length, width=width, height=height, seed=seed, max_shapes=max_shapes)
         self.held_out = ShapesDataset(length=length, width=width, height=height, seed=seed + HELD_OUT_SEED_OFFSET,
                                       max_shapes=max_shapes)
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.collate = Collate(captions)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.collate = Collate(captions, seed=seed)
+        self.sampler: BucketBatchSampler | None = None
+        self._resume_state: dict | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -33,9 +45,31 @@ class ShapesDataModule(L.LightningDataModule):
             raise ValueError(f"data.height={h} and data.width={w} must be multiples of {multiple} for this backbone.")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        try:
+            self.sampler = BucketBatchSampler(np.zeros(len(self.dataset), dtype=np.int64), self.batch_size,
+                                              seed=self.seed, rank=rank, world_size=world, drop_last=True)
+        except ValueError as e:
+            raise ConfigError(f"{e}: raise data.length or lower data.batch_size.") from None
+        if self._resume_state:
+            self.sampler.load_state_dict(self._resume_state)
+        return DataLoader(IndexedBatches(self.dataset), sampler=self.sampler, batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=self.collate)
+
+    # -- resuming -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self.sampler is None or self.trainer is None:
+            return dict(self._resume_state or {})
+        return self.sampler.state_dict(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_state = dict(state) if state else None
+        # the sampler restores the position itself (Lightning's warning is about loaders that cannot)
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        if self.sampler is not None and self._resume_state:
+            self.sampler.load_state_dict(self._resume_state)
 
     def eval_layouts(self, n: int) -> list[Layout]:
         """Layouts of the first `n` held-out samples; their sentences are the evaluation prompts."""
@@ -43,3 +77,17 @@ class ShapesDataModule(L.LightningDataModule):
 
     def sample_prompts(self, n: int) -> list[str]:
         return [layout.sentence() for layout in self.eval_layouts(n)]
+
+
+class IndexedBatches:
+    """A map-style dataset of whole batches: the item for a sampler's batch of indices is a `LoadedBatch`
+    that carries the batch's epoch and indices (Collate seeds each caption from them)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, indices) -> LoadedBatch:
+        epoch = getattr(indices, "epoch", None)
+        indices = [int(i) for i in indices]
+        return LoadedBatch([self.dataset[i] for i in indices], epoch=epoch,
+                           indices=indices if epoch is not None else None)

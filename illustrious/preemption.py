@@ -1,0 +1,103 @@
+"""Stop requests from the outside (a scheduler's SIGTERM, SLURM's requeue signal), turned into a checkpoint
+at the next step boundary and an exit status that says the run was interrupted.
+
+`listen()` installs handlers that only record the signal; `RunCheckpoint` (illustrious.callbacks.checkpointing)
+looks at `received()` after every step, saves, requeues under SLURM when the signal asked for it, and raises
+`TrainingInterrupted`, whose `exit_code` (128 + the signal number, as a shell reports a process killed by
+it: 143 for SIGTERM, 138 for SIGUSR1) the command line exits with. A scheduler therefore never records a
+preempted run as a success, and the next start resumes from the checkpoint written on the way out.
+
+The handlers are installed before Lightning installs its own, so that Lightning does not add its SLURM
+SIGUSR1 handler (which would write a separate `hpc_ckpt_N.ckpt`), and installed again once training starts
+(`reinstall`), replacing Lightning's SIGTERM handler: that one makes the loop raise SystemExit with status 0
+at the end of the step, before our checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+# SIGTERM: schedulers' "stop now" (SLURM's scancel and time limit, Kubernetes, systemd). SIGUSR1/SIGUSR2: the
+# signal SLURM sends ahead of the time limit with `#SBATCH --signal=USR1@90`, asking for a requeue.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+_received: int | None = None
+_listening: tuple = ()
+
+
+class TrainingInterrupted(Exception):
+    """The run stopped because it was asked to; its state was saved first (`checkpoint`)."""
+
+    def __init__(self, signum: int, checkpoint: str | None, requeued: bool = False):
+        self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        saved = f"state saved to {checkpoint}" if checkpoint else "no checkpoint could be written"
+        then = "requeued with SLURM" if requeued else "start the same command again to resume"
+        super().__init__(f"Interrupted by {name}: {saved}; {then} (exit status {self.exit_code}).")
+
+
+def received() -> int | None:
+    """The first stop signal received while listening, or None."""
+    return _received
+
+
+def _record(signum, frame) -> None:
+    global _received
+    if _received is None:
+        _received = signum
+        log.warning("Received %s: saving a checkpoint at the end of this step, then stopping.",
+                    signal.Signals(signum).name)
+
+
+@contextmanager
+def listen(signals=STOP_SIGNALS) -> Iterator[None]:
+    """Record stop signals while the block runs (main thread only; elsewhere signals cannot be caught)."""
+    global _received, _listening
+    _received = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _record) for s in signals}
+    _listening = tuple(signals)
+    try:
+        yield
+    finally:
+        _listening = ()
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def reinstall() -> None:
+    """Put our handlers back over any installed since `listen()` began (Lightning's, at the start of fit)."""
+    if _listening and threading.current_thread() is threading.main_thread():
+        for s in _listening:
+            signal.signal(s, _record)
+
+
+def requeue_slurm_job() -> bool:
+    """`scontrol requeue` this SLURM job (array task included); True when SLURM accepted it."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    if not job or not re.fullmatch(r"[0-9_]+", job):
+        return False
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.error("Could not requeue SLURM job %s: %s", job, e)
+        return False
+    if result.returncode:
+        log.error("scontrol requeue %s failed (%d): %s", job, result.returncode, result.stderr.strip())
+        return False
+    log.info("Requeued SLURM job %s.", job)
+    return True
