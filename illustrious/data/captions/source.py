@@ -1,0 +1,46 @@
+"""What the caption pipeline reads from a sample: its `captions` entry.
+
+Either a plain string (the caption as is), a dict of named caption strings (`{"tags": "...", "sentence":
+"..."}`: the synthetic shapes and today's folder samples), or a structured record built by `caption_source`:
+tags by sidecar category, rating, a natural-language caption and the derived tags of the annotation command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def caption_source(tags: Mapping[str, Sequence[str]], rating: str | None = None, caption: str | None = None,
+                   score_tag: str | None = None, year_tag: str | None = None,
+                   control_tags: Sequence[str] | None = None) -> dict:
+    """A structured record from raw Danbooru tags by category (underscores kept) and derived tags.
+
+    Tags are put in prompt spelling and person-count tags moved from general to `people` here, once per
+    sample load, so that each draw only reorders and drops.
+    """
+    from illustrious.data.captions.tags import prompt_word, split_people
+
+    people, general = split_people(tags.get("general") or ())
+    lists = {"people": people, "general": general, **{c: tags.get(c) or () for c in ("character", "copyright",
+                                                                                     "artist", "meta")}}
+    return {"sections": {k: [prompt_word(t) for t in v] for k, v in lists.items()}, "rating": rating,
+            "caption": caption or None, "score_tag": score_tag or None, "year_tag": year_tag or None,
+            "control_tags": list(control_tags or ())}
+
+
+def is_structured(source) -> bool:
+    return isinstance(source, Mapping) and "sections" in source
+
+
+def named_captions(source) -> dict[str, str]:
+    """Any source as named caption strings (for pipelines that only pick among strings)."""
+    if isinstance(source, str):
+        return {"caption": source} if source else {}
+    if is_structured(source):
+        sections = source["sections"]
+        words = [w for c in ("people", "character", "copyright", "artist", "general") for w in sections.get(c) or ()]
+        named = {"tags": ", ".join(words)} if words else {}
+        if source.get("caption"):
+            named["sentence"] = source["caption"]
+        return named
+    return {k: v for k, v in source.items() if isinstance(v, str) and v}
