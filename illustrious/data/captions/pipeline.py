@@ -137,8 +137,15 @@ class TagCaptions:
         keep = level_keep(n, self.levels, rng.random())
         if keep >= n:
             return chosen
+        out = list(chosen)
+        if len(slots) == 1 and not protected:
+            (k,) = slots
+            name, ws = chosen[k]
+            if name in self.shuffle:  # already in uniform random order: its first `keep` are a uniform subset
+                out[k] = (name, ws[:keep])
+                return out
         drop = set(random_order(n, rng)[keep:])  # flat positions over the sections' slots, in order
-        out, offset = list(chosen), 0
+        offset = 0
         for k, js in slots.items():
             gone = {js[i - offset] for i in range(offset, offset + len(js)) if i in drop}
             if gone:
