@@ -12,20 +12,26 @@ from collections.abc import Mapping, Sequence
 
 def caption_source(tags: Mapping[str, Sequence[str]], rating: str | None = None, caption: str | None = None,
                    score_tag: str | None = None, year_tag: str | None = None,
-                   control_tags: Sequence[str] | None = None) -> dict:
+                   control_tags: Sequence[str] | None = None, caption_is_tags: bool = False,
+                   variants: Mapping[str, str] | str | None = None) -> dict:
     """A structured record from raw Danbooru tags by category (underscores kept) and derived tags.
 
     Tags are put in prompt spelling and person-count tags moved from general to `people` here, once per
-    sample load, so that each draw only reorders and drops.
+    sample load, so that each draw only reorders and drops. `caption_is_tags`: a caption that is a
+    comma-separated tag list (a folder's .txt under `txt_style: tags`) becomes the general tags when the
+    sample has no tags of its own. `variants`: the named caption strings `captions=plain` picks from.
     """
     from illustrious.data.captions.tags import prompt_word, split_people
 
+    if caption_is_tags and caption and not any(tags.get(c) for c in ("character", "copyright", "artist", "general")):
+        tags = {**tags, "general": [t.strip() for t in caption.split(",") if t.strip()]}
+        caption = None
     people, general = split_people(tags.get("general") or ())
     lists = {"people": people, "general": general, **{c: tags.get(c) or () for c in ("character", "copyright",
                                                                                      "artist", "meta")}}
     return {"sections": {k: [prompt_word(t) for t in v] for k, v in lists.items()}, "rating": rating,
             "caption": caption or None, "score_tag": score_tag or None, "year_tag": year_tag or None,
-            "control_tags": list(control_tags or ())}
+            "control_tags": list(control_tags or ()), "variants": variants}
 
 
 def is_structured(source) -> bool:
@@ -36,6 +42,8 @@ def named_captions(source) -> dict[str, str]:
     """Any source as named caption strings (for pipelines that only pick among strings)."""
     if isinstance(source, str):
         return {"caption": source} if source else {}
+    if is_structured(source) and source.get("variants") is not None:
+        return named_captions(source["variants"])
     if is_structured(source):
         sections = source["sections"]
         words = [w for c in ("people", "character", "copyright", "artist", "general") for w in sections.get(c) or ()]
