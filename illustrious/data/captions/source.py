@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from illustrious.data.captions.tags import prompt_word, split_prompt_people
+
 
 def caption_source(tags: Mapping[str, Sequence[str]], rating: str | None = None, caption: str | None = None,
                    score_tag: str | None = None, year_tag: str | None = None,
@@ -21,17 +23,15 @@ def caption_source(tags: Mapping[str, Sequence[str]], rating: str | None = None,
     comma-separated tag list (a folder's .txt under `txt_style: tags`) becomes the general tags when the
     sample has no tags of its own. `variants`: the named caption strings `captions=plain` picks from.
     """
-    from illustrious.data.captions.tags import prompt_word, split_people
-
     if caption_is_tags and caption and not any(tags.get(c) for c in ("character", "copyright", "artist", "general")):
         tags = {**tags, "general": [t.strip() for t in caption.split(",") if t.strip()]}
         caption = None
-    people, general = split_people(tags.get("general") or ())
-    lists = {"people": people, "general": general, **{c: tags.get(c) or () for c in ("character", "copyright",
-                                                                                     "artist", "meta")}}
-    return {"sections": {k: [prompt_word(t) for t in v] for k, v in lists.items()}, "rating": rating,
-            "caption": caption or None, "score_tag": score_tag or None, "year_tag": year_tag or None,
-            "control_tags": list(control_tags or ()), "variants": variants}
+    people, general = split_prompt_people(tags.get("general") or ())
+    sections = {"people": people, "general": general}
+    for c in ("character", "copyright", "artist", "meta"):
+        sections[c] = [prompt_word(t) for t in tags.get(c) or ()]
+    return {"sections": sections, "rating": rating, "caption": caption or None, "score_tag": score_tag or None,
+            "year_tag": year_tag or None, "control_tags": list(control_tags or ()), "variants": variants}
 
 
 def is_structured(source) -> bool:
@@ -52,3 +52,11 @@ def named_captions(source) -> dict[str, str]:
             named["sentence"] = source["caption"]
         return named
     return {k: v for k, v in source.items() if isinstance(v, str) and v}
+
+
+def record_from_row(row: Mapping, txt_style: str = "tags", variants: Mapping[str, str] | str | None = None) -> dict:
+    """A manifest row (with the annotation columns where annotated) -> the sample's caption record."""
+    tags = {c[len("tags_"):]: row[c] or [] for c in row if c.startswith("tags_")}
+    return caption_source(tags, rating=row.get("rating"), caption=row.get("caption"), score_tag=row.get("score_tag"),
+                          year_tag=row.get("year_tag"), control_tags=row.get("control_tags"),
+                          caption_is_tags=txt_style == "tags", variants=variants)

@@ -38,3 +38,20 @@ def split_people(general: Sequence[str]) -> tuple[list[str], list[str]]:
     for tag in general:
         (people if is_people(tag) else rest).append(tag)
     return people, rest
+
+
+_PROMPT_PEOPLE: dict[str, tuple[str, bool]] = {}  # tag -> (prompt word, is a person-count tag)
+
+
+def split_prompt_people(general: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`split_people` in prompt spelling, with one dict lookup per tag (it runs for every sample load)."""
+    people, rest = [], []
+    info = _PROMPT_PEOPLE.get
+    for tag in general:
+        hit = info(tag)
+        if hit is None:
+            hit = _PROMPT_PEOPLE[tag] = (prompt_word(tag), is_people(tag))
+            if len(_PROMPT_PEOPLE) > 1 << 20:  # a bound for endless vocabularies (register-like junk tags)
+                _PROMPT_PEOPLE.clear()
+        (people if hit[1] else rest).append(hit[0])
+    return people, rest
