@@ -30,3 +30,32 @@ def caption_rng(key: CaptionKey, reuse: random.Random | None = None) -> random.R
         return random.Random(key_int(key))
     reuse.seed(key_int(key))
     return reuse
+
+
+class EpochIndex(int):
+    """A dataset index that carries its epoch from the sampler to the dataset (and through worker queues)."""
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int):
+        self = super().__new__(cls, index)
+        self.epoch = epoch
+        return self
+
+    def __reduce__(self):
+        return EpochIndex, (int(self), self.epoch)
+
+
+class EpochBatch(list):
+    """A batch of dataset indices that carries its epoch (for samplers that yield whole batches)."""
+
+    def __init__(self, indices, epoch: int):
+        super().__init__(indices)
+        self.epoch = epoch
+
+    def __reduce__(self):
+        return EpochBatch, (list(self), self.epoch)
+
+
+def epoch_of(index_or_batch) -> int:
+    return getattr(index_or_batch, "epoch", 0)

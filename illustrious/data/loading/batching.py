@@ -10,6 +10,7 @@ import torch
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.sample import SIZE_KEYS
 
+CAPTION_KEY = "caption_key"  # sample-level: the CaptionKey of its caption draw
 SKIPPED_KEY = "skipped"  # batch-level: [(path, reason)] of samples replaced because they failed to load
 
 
@@ -58,7 +59,8 @@ class Collate:
         skipped = None
         if isinstance(samples, LoadedBatch):
             samples, skipped = samples.samples, samples.skipped
-        batch: dict = {"captions": [self.captions(s["captions"]) for s in samples]}
+        # each sample's draw is keyed on (seed, epoch, index) when its source provides the key
+        batch: dict = {"captions": [self.captions(s["captions"], s.get(CAPTION_KEY)) for s in samples]}
         for key in ("pixels", "latents"):
             if key in samples[0]:
                 batch[key] = torch.stack([torch.as_tensor(np.asarray(s[key])) for s in samples])
@@ -67,7 +69,7 @@ class Collate:
         for key in SIZE_KEYS:
             if key in samples[0]:
                 batch[key] = torch.tensor([s[key] for s in samples], dtype=torch.long)
-        for key in samples[0].keys() - batch.keys() - {"captions"}:
+        for key in samples[0].keys() - batch.keys() - {"captions", CAPTION_KEY}:
             batch[key] = [s[key] for s in samples]  # anything else (layouts, paths) stays a list
         if skipped is not None:
             batch[SKIPPED_KEY] = list(skipped)

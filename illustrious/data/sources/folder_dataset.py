@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from illustrious.data.captions.rng import CaptionKey, epoch_of
+from illustrious.data.captions.source import record_from_row
 from illustrious.data.images.decode import ImageError
 from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.labels import caption_variants
 from illustrious.data.index.sidecars import TAG_CATEGORIES
-from illustrious.data.loading.batching import LoadedBatch
+from illustrious.data.loading.batching import CAPTION_KEY, LoadedBatch
 from illustrious.data.loading.sample import sample_record
 from illustrious.data.storage.latent_cache import LatentCache, stamp
 
@@ -52,9 +54,10 @@ class FolderSamples:
             pixels, sizes = load_pixels(self.root / row["path"], row["orientation"], bucket_w, bucket_h,
                                         self.settings, rng)
             image["pixels"] = to_pixels(pixels)
-        return sample_record(caption_variants(row["caption"], tags, self.txt_style), sizes, **image,
-                             path=row["path"], tags=tags, rating=row["rating"], score=row["score"],
-                             created=row["created"])
+        # the caption record: tags by section for captions=illustrious/bigasp, the plain variants for plain
+        captions = record_from_row(row, self.txt_style, variants=caption_variants(row["caption"], tags, self.txt_style))
+        return sample_record(captions, sizes, **image, path=row["path"], tags=tags, rating=row["rating"],
+                             score=row["score"], created=row["created"])
 
     def file_stamp(self, index: int) -> str:
         row = self.table.slice(index, 1).select(["file_size", "mtime_ns"]).to_pylist()[0]
@@ -70,12 +73,14 @@ class BucketBatches:
         self._bad: set[int] = set()  # per process: indices known not to load
 
     def __getitem__(self, indices) -> LoadedBatch:
+        epoch = epoch_of(indices)
         indices = [int(i) for i in indices]
         loaded, skipped = [], []
         for i in indices:
             sample = self._load(i, skipped)
             if sample is None:
                 sample = self._replacement(i, indices, skipped)
+            sample[CAPTION_KEY] = CaptionKey(self.seed, epoch, i)  # a replacement draws as the sample it stands for
             loaded.append(sample)
         return LoadedBatch(loaded, skipped)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.batching import Collate
+from illustrious.data.loading.sampler import EpochSampler
 from illustrious.data.sources.shapes import Layout, ShapesDataset
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts come from a disjoint stream of layouts
@@ -33,7 +34,8 @@ class ShapesDataModule(L.LightningDataModule):
             raise ValueError(f"data.height={h} and data.width={w} must be multiples of {multiple} for this backbone.")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+        sampler = EpochSampler(RandomSampler(self.dataset))  # indices carry their epoch to the caption draw
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=self.collate)
 
