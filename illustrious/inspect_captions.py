@@ -82,19 +82,21 @@ def inspect(records: list[tuple[str, dict, object]], pipeline, counters: dict, s
 
 
 def folder_records(datamodule, n: int) -> list[tuple[str, dict, object]]:
-    from illustrious.data.captions.annotations import annotations_path, join_annotations, read_annotations
+    """The first `n` training rows of a folder (with their annotations) and their caption records."""
     from illustrious.data.captions.source import record_from_row
+    from illustrious.data.index.labels import caption_variants
+    from illustrious.data.index.sidecars import TAG_CATEGORIES
 
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    samples = datamodule.samples(latents=False)
-    table = samples.table.slice(0, n)
-    table = join_annotations(table, read_annotations(annotations_path(datamodule.manifest_path)))
+    datamodule.check()  # scan (or reuse the manifest), select, join the annotations
+    table = datamodule.selection.table.slice(0, n)
     shown = ("path", "caption", "tags_character", "tags_copyright", "tags_artist", "tags_general", "tags_meta",
              "rating", "score", "created", "score_percentile", "score_tag", "year_tag", "control_tags")
     out = []
     for i, row in enumerate(table.to_pylist()):
-        out.append((str(i), {k: row.get(k) for k in shown if k in row}, record_from_row(row, samples.txt_style)))
+        tags = {c: row[f"tags_{c}"] or [] for c in TAG_CATEGORIES}
+        variants = caption_variants(row["caption"], tags, datamodule.txt_style)
+        out.append((str(i), {k: row.get(k) for k in shown if k in row},
+                    record_from_row(row, datamodule.txt_style, variants=variants)))
     return out
 
 
