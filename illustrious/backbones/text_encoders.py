@@ -1,7 +1,8 @@
 """Text towers: tokenizer + transformers model -> hidden states the denoiser attends to.
 
 Both follow their reference pipelines: SDXL takes the penultimate hidden state of CLIP-L and of
-OpenCLIP-bigG (concatenated by the backbone) and bigG's projected pooled embedding; Lumina-2 prefixes
+OpenCLIP-bigG (concatenated by the backbone) and bigG's projected pooled embedding, optionally over
+several 77-token chunks; Lumina-2 prefixes a non-empty prompt with
 a system prompt and takes Gemma-2's penultimate hidden state with a right-padded attention mask.
 """
 
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from illustrious.backbones.prompt_chunks import ChunkedIds, chunk_prompts, gather_chunks
+from illustrious.backbones.system_prompts import SYSTEM_PROMPTS, resolve_system_prompt, with_system_prompt
 
 PACKAGE_DIR = Path(__file__).parent
 TOKENIZERS_DIR = PACKAGE_DIR / "tokenizers"
@@ -51,24 +55,43 @@ def load_tokenizer(name_or_path: str):
 
 
 class CLIPPromptEncoder(nn.Module):
-    """One CLIP text tower; returns (penultimate hidden states, projected pooled embedding or None)."""
+    """One CLIP text tower; returns (penultimate hidden states, projected pooled embedding or None, mask).
 
-    def __init__(self, tokenizer, model: nn.Module):
+    With `max_chunks` > 1 a prompt longer than `model_max_length - 2` tokens is encoded in chunks
+    (`illustrious.backbones.prompt_chunks`); the pooled embedding is the first chunk's. With one chunk the
+    states are exactly diffusers' (padded to `model_max_length`, truncated). The mask is True at BOS,
+    tokens and EOS of real chunks.
+    """
+
+    def __init__(self, tokenizer, model: nn.Module, max_chunks: int = 1):
         super().__init__()
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
         self.tokenizer = tokenizer
         self.model = model
+        self.max_chunks = max_chunks
 
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
-    def forward(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.model.device)
-        out = self.model(ids, output_hidden_states=True)
-        return out.hidden_states[-2], getattr(out, "text_embeds", None)
+    def token_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Prompt tokens without BOS/EOS, untruncated (chunking truncates)."""
+        return self.tokenizer(prompts, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+    def chunks(self, prompts: list[str], n_chunks: int | None = None) -> ChunkedIds:
+        tok = self.tokenizer
+        return chunk_prompts(self.token_ids(prompts), tok.model_max_length, self.max_chunks, tok.bos_token_id,
+                             tok.eos_token_id, tok.pad_token_id, n_chunks=n_chunks)
+
+    def forward(self, prompts: list[str], n_chunks: int | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+        chunked = self.chunks(prompts, n_chunks)
+        out = self.model(chunked.rows.to(self.model.device), output_hidden_states=True)
+        states = gather_chunks(out.hidden_states[-2], chunked.layout.to(self.model.device))
+        pooled = getattr(out, "text_embeds", None)
+        if pooled is not None:
+            pooled = pooled[chunked.layout[:, 0].to(pooled.device)]
+        return states, pooled, chunked.mask.to(states.device)
 
 
 def clip_text_model(base: str, overrides: dict, tokenizer, with_projection: bool) -> nn.Module:
@@ -82,25 +105,24 @@ def clip_text_model(base: str, overrides: dict, tokenizer, with_projection: bool
     return cls(CLIPTextConfig(**config))
 
 
-LUMINA_SYSTEM_PROMPT = (
-    "You are an assistant designed to generate superior images with the superior degree of image-text "
-    "alignment based on textual prompts or user prompts."
-)
+LUMINA_SYSTEM_PROMPT = SYSTEM_PROMPTS["diffusers"]
 
 
 class GemmaPromptEncoder(nn.Module):
     """Gemma-2 as Lumina-2 uses it: system prompt prefix, right padding, penultimate hidden state + mask.
 
+    `system_prompt` is a name from `illustrious.backbones.system_prompts` or a custom sentence; an empty
+    prompt is encoded bare (Lumina2Pipeline and Lumina-Image-2.0 do so; see that module).
     Pads to the longest prompt in the batch rather than to `max_length`: with right padding and causal
     attention the real tokens' states are identical, and the denoiser masks the rest.
     """
 
-    def __init__(self, tokenizer, model: nn.Module, system_prompt: str = LUMINA_SYSTEM_PROMPT, max_length: int = 256):
+    def __init__(self, tokenizer, model: nn.Module, system_prompt: str = "diffusers", max_length: int = 256):
         super().__init__()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         self.model = model
-        self.system_prompt = system_prompt
+        self.system_prompt = resolve_system_prompt(system_prompt)
         self.max_length = max_length
 
     @property
@@ -108,7 +130,7 @@ class GemmaPromptEncoder(nn.Module):
         return self.model.config.hidden_size
 
     def format(self, prompt: str) -> str:
-        return f"{self.system_prompt} <Prompt Start> {prompt}" if self.system_prompt else prompt
+        return with_system_prompt(self.system_prompt, prompt)
 
     def forward(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         batch = self.tokenizer([self.format(p) for p in prompts], padding="longest", max_length=self.max_length,

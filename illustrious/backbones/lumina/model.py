@@ -36,9 +36,11 @@ class LuminaBackbone(Backbone):
 
     @classmethod
     def from_config(cls, autoencoder: nn.Module, tokenizer: str, transformer: Mapping | None = None,
-                    text_encoder: Mapping | None = None, system_prompt: str = LUMINA_SYSTEM_PROMPT,
+                    text_encoder: Mapping | None = None, system_prompt: str = "diffusers",
                     max_sequence_length: int = 256) -> LuminaBackbone:
-        """Lumina-2's architecture with overrides; channels and caption width are derived, not configured."""
+        """Lumina-2's architecture with overrides; channels and caption width are derived, not configured.
+
+        `system_prompt`: a name from `illustrious.backbones.system_prompts` or a custom sentence."""
         from diffusers import Lumina2Transformer2DModel
 
         tok = load_tokenizer(tokenizer)
@@ -53,7 +55,7 @@ class LuminaBackbone(Backbone):
         return cls(Lumina2Transformer2DModel.from_config(config), encoder, autoencoder)
 
     @classmethod
-    def from_pretrained(cls, weights: str | None = None, system_prompt: str = LUMINA_SYSTEM_PROMPT,
+    def from_pretrained(cls, weights: str | None = None, system_prompt: str = "diffusers",
                         max_sequence_length: int = 256) -> LuminaBackbone:
         """Load Lumina-Image-2.0 from a local diffusers folder (transformer/, text_encoder/, tokenizer/, vae/)."""
         parts = ("transformer", "text_encoder", "tokenizer", "vae")

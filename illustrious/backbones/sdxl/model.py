@@ -27,8 +27,10 @@ class SDXLBackbone(Backbone):
     patch_size = 2  # no patches in a UNet; counts tokens as 2x2 latent patches, as Flux does, for shift schedules
 
     def __init__(self, unet: nn.Module, text_encoder_1: CLIPPromptEncoder, text_encoder_2: CLIPPromptEncoder,
-                 autoencoder: nn.Module):
+                 autoencoder: nn.Module, mask_padding: bool = False):
         super().__init__(autoencoder)
+        # True: cross-attention ignores padding (after EOS, and empty filler chunks); SDXL was trained without
+        self.mask_padding = mask_padding
         self.denoiser = unet
         self.text_encoders = nn.ModuleDict({"clip_l": text_encoder_1, "clip_g": text_encoder_2})
         self.latent_channels = unet.config.in_channels
@@ -40,10 +42,13 @@ class SDXLBackbone(Backbone):
     @classmethod
     def from_config(cls, autoencoder: nn.Module, tokenizer_1: str, tokenizer_2: str, unet: Mapping | None = None,
                     text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None,
-                    tokenizer_max_length: int | None = None) -> SDXLBackbone:
+                    tokenizer_max_length: int | None = None, max_chunks: int = 3,
+                    mask_padding: bool = False) -> SDXLBackbone:
         """SDXL's architecture with `unet` / `text_encoder_*` overrides (tiny flavors change only widths).
 
         `tokenizer_max_length` shortens the token sequence (SDXL: 77) where prompts are known to be short.
+        `max_chunks` prompts longer than that (minus BOS/EOS) are encoded in up to this many chunks;
+        `mask_padding` masks padding in cross-attention (see `encode_text`).
 
         Fields that follow from the other parts (channels, cross-attention width, the size of the added
         embedding) are derived here rather than configured, so they cannot disagree.
@@ -62,11 +67,11 @@ class SDXLBackbone(Backbone):
             cross_attention_dim=te1.config.hidden_size + te2.config.hidden_size,
             projection_class_embeddings_input_dim=te2.config.projection_dim + 6 * config["addition_time_embed_dim"],
         )
-        return cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1), CLIPPromptEncoder(tok2, te2),
-                   autoencoder)
+        return cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1, max_chunks),
+                   CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
 
     @classmethod
-    def from_pretrained(cls, weights: str | None = None) -> SDXLBackbone:
+    def from_pretrained(cls, weights: str | None = None, max_chunks: int = 3, mask_padding: bool = False) -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/)."""
         parts = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
         root = diffusers_folder(weights, parts, "sdxl", "sdxl")
@@ -78,7 +83,8 @@ class SDXLBackbone(Backbone):
         te2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", local_files_only=True)
         tok1, tok2 = load_tokenizer(str(root / "tokenizer")), load_tokenizer(str(root / "tokenizer_2"))
         vae = LatentAutoencoder.from_pretrained(str(root / "vae"), subfolder=None)
-        return cls(unet, CLIPPromptEncoder(tok1, te1), CLIPPromptEncoder(tok2, te2), vae)
+        return cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks), vae,
+                   mask_padding)
 
     def save_pretrained(self, root: str | Path) -> None:
         """Write a diffusers-layout folder that `from_pretrained` (and diffusers) can read back."""
@@ -93,10 +99,18 @@ class SDXLBackbone(Backbone):
 
     # -- contract ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> Conditioning:
+        """Both towers over the same chunks: (B, 77 n, 768 + 1280) states, bigG's pooled from chunk 1.
+
+        A batch has as many chunks as its longest prompt (up to `max_chunks`); with `mask_padding` the mask
+        is True at BOS, tokens and EOS of real chunks, else None (every position attended, as SDXL trained).
+        """
+        encoders = self.text_encoders["clip_l"], self.text_encoders["clip_g"]
+        n_chunks = max(max(enc.chunks(prompts).counts) for enc in encoders)
         with maybe_no_grad(self.text_encoders_frozen):
-            tokens_l, _ = self.text_encoders["clip_l"](prompts)
-            tokens_g, pooled = self.text_encoders["clip_g"](prompts)
-        return Conditioning(tokens=torch.cat([tokens_l, tokens_g], dim=-1), mask=None, pooled=pooled)
+            tokens_l, _, mask_l = encoders[0](prompts, n_chunks)
+            tokens_g, pooled, mask_g = encoders[1](prompts, n_chunks)
+        mask = (mask_l | mask_g) if self.mask_padding else None
+        return Conditioning(tokens=torch.cat([tokens_l, tokens_g], dim=-1), mask=mask, pooled=pooled)
 
     def time_ids(self, x_t: Tensor, batch_extras: Mapping | None) -> Tensor:
         """SDXL micro-conditioning (original size, crop top-left, target size), (B, 6) in pixels as (h, w)."""
@@ -115,4 +129,4 @@ class SDXLBackbone(Backbone):
         added = {"text_embeds": cond.pooled.to(x_t.dtype), "time_ids": self.time_ids(x_t, batch_extras)}
         # The UNet was trained on discrete steps k = 1000 t (ARCHITECTURE.md, "The time convention").
         return self.denoiser(x_t, 1000 * t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
-                             added_cond_kwargs=added, return_dict=False)[0]
+                             encoder_attention_mask=cond.mask, added_cond_kwargs=added, return_dict=False)[0]

@@ -11,6 +11,7 @@ import torch
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.sample import SIZE_KEYS
 
+CAPTION_KEY = "caption_key"  # sample-level: the CaptionKey of its caption draw
 SKIPPED_KEY = "skipped"  # batch-level: [(path, reason)] of samples replaced because they failed to load
 MASK64 = (1 << 64) - 1
 CAPTION_STREAM, CROP_STREAM = 0, 1  # independent draws for one sample
@@ -75,7 +76,9 @@ class Collate:
                 rngs = [sample_rng(self.seed, samples.epoch, i) for i in samples.indices]
             samples, skipped = samples.samples, samples.skipped
         rngs = rngs or [None] * len(samples)  # plain lists of samples: the global RNG, as before
-        batch: dict = {"captions": [self.captions(s["captions"], r) for s, r in zip(samples, rngs, strict=True)]}
+        # each sample's draw is keyed on (seed, epoch, index): from the loaded batch, else from the sample's own key
+        batch: dict = {"captions": [self.captions(s["captions"], r if r is not None else s.get(CAPTION_KEY))
+                                    for s, r in zip(samples, rngs, strict=True)]}
         for key in ("pixels", "latents"):
             if key in samples[0]:
                 batch[key] = torch.stack([torch.as_tensor(np.asarray(s[key])) for s in samples])
@@ -84,7 +87,7 @@ class Collate:
         for key in SIZE_KEYS:
             if key in samples[0]:
                 batch[key] = torch.tensor([s[key] for s in samples], dtype=torch.long)
-        for key in samples[0].keys() - batch.keys() - {"captions"}:
+        for key in samples[0].keys() - batch.keys() - {"captions", CAPTION_KEY}:
             batch[key] = [s[key] for s in samples]  # anything else (layouts, paths) stays a list
         if skipped:  # only batches that had to replace a sample carry the list
             batch[SKIPPED_KEY] = list(skipped)

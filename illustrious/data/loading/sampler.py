@@ -21,7 +21,10 @@ import logging
 from collections.abc import Iterator
 
 import numpy as np
+from torch.utils.data import Sampler
 from torch.utils.data.distributed import DistributedSampler
+
+from illustrious.data.captions.rng import EpochBatch, EpochIndex
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,6 @@ def group_by_bucket(bucket_ids: np.ndarray) -> dict[int, np.ndarray]:
     order = np.argsort(bucket_ids, kind="stable")
     buckets, starts = np.unique(bucket_ids[order], return_index=True)
     return {int(b): order[s:e] for b, s, e in zip(buckets, starts, [*starts[1:], len(order)], strict=True)}
-
-
-class EpochBatch(list):
-    """A batch's indices, and the epoch they were drawn for: the batch datasets seed each sample's random
-    choices (caption, crop) from (seed, epoch, index), identically in every worker, on every rank and after
-    a resume. A list subclass, so it pickles to loader workers with its epoch and compares as a list."""
-
-    def __init__(self, indices, epoch: int):
-        super().__init__(indices)
-        self.epoch = epoch
 
 
 class BucketBatchSampler(DistributedSampler):
@@ -153,3 +146,22 @@ class BucketBatchSampler(DistributedSampler):
             log.warning("Resuming with %d ranks where the checkpoint had %s: the epoch continues at global batch "
                         "%d, so its last steps may be fewer or more than Lightning counts.",
                         self.num_replicas, state.get("world_size"), self.offset)
+
+
+class EpochSampler(Sampler[int]):
+    """Wraps a sampler of dataset indices (e.g. `RandomSampler`) and yields them as `EpochIndex`es, so the
+    dataset knows the epoch of every draw (caption augmentation is keyed on (seed, epoch, index)).
+    Lightning calls `set_epoch`; without it each new iteration is the next epoch."""
+
+    def __init__(self, inner: Sampler[int]):
+        self.inner, self.epoch = inner, 0
+
+    def __iter__(self) -> Iterator[EpochIndex]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return (EpochIndex(int(i), epoch) for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from illustrious.data.captions import CaptionPipeline
+from illustrious.data.captions.annotations import annotations_path, join_annotations, read_annotations
 from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.labels import caption_variants
 from illustrious.data.index.manifest import (
@@ -97,6 +98,9 @@ class FolderDataModule(BucketedDataModule):
             raise ConfigError(f"No readable images under data.root={self.root} ({self.scan_report.summary()}). "
                               f"Problems are listed in {report_path(self.manifest_path)}.")
         self.selection = select(self.manifest, self.settings, self.require_caption)
+        # derived caption tags of `python -m illustrious.annotate`, where annotated (null elsewhere)
+        self.selection.table = join_annotations(self.selection.table,
+                                                read_annotations(annotations_path(self.manifest_path)))
         dropped = self.selection.dropped
         log.info("Data: %d of %d images train%s; scan problems: %s.", len(self.selection), len(self.manifest),
                  f" ({dropped.summary()} left out)" if len(dropped) else "", self.scan_report.summary())

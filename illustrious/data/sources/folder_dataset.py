@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from illustrious.data.captions.source import record_from_row
 from illustrious.data.images.decode import ImageError
 from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
@@ -52,9 +53,10 @@ class FolderSamples:
             pixels, sizes = load_pixels(self.root / row["path"], row["orientation"], bucket_w, bucket_h,
                                         self.settings, rng)
             image["pixels"] = to_pixels(pixels)
-        return sample_record(caption_variants(row["caption"], tags, self.txt_style), sizes, **image,
-                             path=row["path"], tags=tags, rating=row["rating"], score=row["score"],
-                             created=row["created"])
+        # the caption record: tags by section for captions=illustrious/bigasp, the plain variants for plain
+        captions = record_from_row(row, self.txt_style, variants=caption_variants(row["caption"], tags, self.txt_style))
+        return sample_record(captions, sizes, **image, path=row["path"], tags=tags, rating=row["rating"],
+                             score=row["score"], created=row["created"])
 
     def file_stamp(self, index: int) -> str:
         row = self.table.slice(index, 1).select(["file_size", "mtime_ns"]).to_pylist()[0]

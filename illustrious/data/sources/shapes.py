@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from illustrious.data.captions.rng import CaptionKey, epoch_of
 from illustrious.data.loading.sample import sample_record
 
 # Saturated, mutually distant colours for shapes; neutral colours for backgrounds.
@@ -144,7 +145,8 @@ class ShapesDataset:
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
         size = (self.height, self.width)
         return sample_record({"tags": layout.tags(), "sentence": layout.sentence()}, (size, (0, 0), size),
-                             pixels=pixels, layout=layout.to_dict())
+                             pixels=pixels, layout=layout.to_dict(),
+                             caption_key=CaptionKey(self.seed, epoch_of(index), int(index)))
 
 
 def vocabulary() -> list[str]:

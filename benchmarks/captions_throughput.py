@@ -1,0 +1,114 @@
+"""Caption pipeline throughput on one core, and the cost of chunked (long-prompt) SDXL text encoding.
+
+1. captions/s of `captions=illustrious` and `captions=bigasp` on 40-tag Danbooru-like records (character,
+   copyright, artist, 1girl/solo and 36 general tags, rating, score and year tags, a written caption),
+   one process, CPU time (so a loaded machine inflates it less than wall time). Measured twice: the draw
+   alone, and building the record from raw tags (what a data loader does per sample) plus the draw.
+2. SDXL text encoding, one thread: CLIP-L-size and OpenCLIP-bigG-size towers (random weights, the shipped
+   architecture configs) on a batch of prompts of 1, 2 and 3 chunks (75, 150, 225 tokens), and the same
+   3-chunk prompts truncated to one chunk, as today's SDXL trainers do.
+
+    uv run python benchmarks/captions_throughput.py [--draws 50000] [--batch 4] [--no-bigg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+
+from benchmarks.common import machine, median
+
+CHARACTERS = ["hatsune_miku", "kagamine_rin", "hakurei_reimu", "kirisame_marisa"]
+GENERAL = [f"general_tag_{i}" for i in range(500)]
+
+
+def records(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"general": ["1girl", "solo", *rng.sample(GENERAL, 36)], "character": [rng.choice(CHARACTERS)],
+             "copyright": ["vocaloid"], "artist": [f"artist_{rng.randrange(100)}"]} for _ in range(n)]
+
+
+def caption_rate(pipe, raw: list[dict], draws: int, with_record: bool) -> float:
+    from illustrious.data.captions import CaptionKey, caption_source
+
+    prepared = [caption_source(t, rating="general", caption="A girl with long hair singing on a stage.",
+                               score_tag="best quality", year_tag="newest") for t in raw]
+    start = time.process_time()
+    for i in range(draws):
+        j = i % len(raw)
+        source = (caption_source(raw[j], rating="general", caption="A girl with long hair singing on a stage.",
+                                 score_tag="best quality", year_tag="newest") if with_record else prepared[j])
+        pipe(source, CaptionKey(0, 0, i))
+    return draws / (time.process_time() - start)
+
+
+def pipelines():
+    import yaml
+
+    from illustrious.config import CONF_DIR
+    from illustrious.data.captions import TagCaptions
+
+    out = {}
+    for name in ("illustrious", "bigasp"):
+        cfg = yaml.safe_load((CONF_DIR / "captions" / f"{name}.yaml").read_text())
+        for parent in cfg.pop("defaults", []):
+            cfg = {**yaml.safe_load((CONF_DIR / "captions" / f"{parent}.yaml").read_text()), **cfg}
+        cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        out[name] = TagCaptions(**cfg)
+    return out
+
+
+def encoding_times(batch: int, rounds: int, with_bigg: bool) -> dict:
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from illustrious.backbones.text_encoders import CLIPPromptEncoder, architecture_config, load_tokenizer
+
+    tok = load_tokenizer("clip_tiny")  # 77 positions; word-level prompts of known length below
+    words = [w for w in tok.get_vocab() if w.endswith("</w>") and w[:-4].isascii() and w[:-4].isalpha()][:300]
+    prompts = {n: [" ".join(w[:-4] for w in random.Random(b).sample(words, 75 * n)) for b in range(batch)]
+               for n in (1, 2, 3)}
+    towers = [("clip_l", "sdxl_text_encoder")] + ([("clip_g", "sdxl_text_encoder_2")] if with_bigg else [])
+    results = {}
+    for name, arch in towers:
+        config = {**architecture_config(arch), "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+                  "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+        model = CLIPTextModelWithProjection(CLIPTextConfig(**config)).eval()
+        for chunks_allowed, n in ((3, 1), (3, 2), (3, 3), (1, 3)):
+            enc = CLIPPromptEncoder(tok, model, max_chunks=chunks_allowed)
+            with torch.no_grad():
+                enc(prompts[n])  # warm-up
+                times = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    states, _, _ = enc(prompts[n])
+                    times.append(time.perf_counter() - start)
+            label = f"{n} chunk{'s' if n > 1 else ''}" if chunks_allowed > 1 else f"{n} chunks truncated to 1"
+            results[(name, label)] = (median(times), tuple(states.shape))
+        del model
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--draws", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-bigg", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"machine: {machine()}")
+    raw = records(1000)
+    for name, pipe in pipelines().items():
+        for with_record in (False, True):
+            rate = caption_rate(pipe, raw, args.draws, with_record)
+            what = "record + draw" if with_record else "draw"
+            print(f"captions={name:<12} {what:<14} {rate:>9,.0f} captions/s (one core, CPU time)")
+    for (tower, label), (seconds, shape) in encoding_times(args.batch, args.rounds, not args.no_bigg).items():
+        print(f"{tower:<7} batch {args.batch}, {label:<24} {seconds * 1000:8.1f} ms  states {shape}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""`captions=illustrious` / `captions=bigasp`: a structured record -> the prompt one sample trains on this step.
+
+One draw, all from the sample's (seed, epoch, index) RNG:
+1. unconditional dropout: with `uncond_prob` the prompt is empty, or (a `uncond_quality_fraction` of those)
+   only the quality string (the sample's score tag, else `quality_string`);
+2. natural language or tags: a sample with a written caption uses it with `caption_prob` (bigASP 20 %),
+   the quality string in front with the score section's probability;
+3. tags: sections in `order` (people ||| character ||| copyright ||| rating ||| general ||| artist ||| score
+   ||| year by default), each kept with `section_prob` (default 1), shuffled within if in `shuffle`, weak
+   dropout per tag in `weak_dropout` sections, multi-level dropout over the tags of `droppable` sections
+   (`protected` tags never dropped), paraphrasing; joined by ", " (or " " with `space_prob`);
+4. register tokens appended with `register_prob`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from illustrious.data.captions.augment import (
+    ILLUSTRIOUS_LEVELS,
+    DropoutLevel,
+    check_levels,
+    level_keep,
+    paraphrase,
+    random_order,
+    register_tokens,
+    shuffled,
+    weak_dropout,
+)
+from illustrious.data.captions.plain import draw_rng
+from illustrious.data.captions.rng import CaptionKey
+from illustrious.data.captions.source import caption_source, is_structured, named_captions
+from illustrious.data.captions.tags import DEFAULT_ORDER, SECTIONS, prompt_word
+
+RATING_TAGS = {"general": "general", "sensitive": "sensitive", "questionable": "nsfw", "explicit": "explicit"}
+
+
+def probability(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"captions.{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+class TagCaptions:
+    def __init__(self, order: Sequence[str] = DEFAULT_ORDER, shuffle: Sequence[str] = ("character", "copyright",
+                 "general", "artist", "control"), droppable: Sequence[str] = ("general",),
+                 dropout_levels: Sequence[Mapping | DropoutLevel] = ILLUSTRIOUS_LEVELS,
+                 protected: Sequence[str] = (), weak_dropout: Mapping[str, float] | None = None,
+                 section_prob: Mapping[str, float] | None = None, paraphrases: Mapping[str, Sequence[str]] | None = None,
+                 paraphrase_prob: float = 0.0, space_prob: float = 0.0, caption_prob: float = 0.0,
+                 register_prob: float = 0.0, register_count: Sequence[int] = (1, 2), register_length: Sequence[int] = (4, 8),
+                 uncond_prob: float = 0.0, uncond_quality_fraction: float = 0.0, quality_string: str = "",
+                 rating_tags: Mapping[str, str] | None = None):
+        unknown = sorted({*order, *shuffle, *droppable, *(weak_dropout or {}), *(section_prob or {})} - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"captions: unknown section(s) {unknown}; sections are {list(SECTIONS)}")
+        self.order, self.shuffle, self.droppable = tuple(order), frozenset(shuffle), frozenset(droppable)
+        self.levels = tuple(lv if isinstance(lv, DropoutLevel) else DropoutLevel(**lv) for lv in dropout_levels)
+        check_levels(self.levels)
+        self.protected = frozenset(prompt_word(t) for t in protected)
+        self.weak = {k: probability(f"weak_dropout.{k}", v) for k, v in (weak_dropout or {}).items()}
+        self.section_prob = {k: probability(f"section_prob.{k}", v) for k, v in (section_prob or {}).items()}
+        self.paraphrases = {prompt_word(k): [str(x) for x in v] for k, v in (paraphrases or {}).items()}
+        self.paraphrase_prob = probability("paraphrase_prob", paraphrase_prob)
+        self.space_prob = probability("space_prob", space_prob)
+        self.caption_prob = probability("caption_prob", caption_prob)
+        self.register_prob = probability("register_prob", register_prob)
+        self.register_count, self.register_length = tuple(register_count), tuple(register_length)
+        if not (0 <= self.register_count[0] <= self.register_count[1] and 1 <= self.register_length[0] <= self.register_length[1]):
+            raise ValueError(f"captions.register_count {register_count} / register_length {register_length}: [low, high] ranges")
+        self.uncond_prob = probability("uncond_prob", uncond_prob)
+        self.uncond_quality_fraction = probability("uncond_quality_fraction", uncond_quality_fraction)
+        self.quality_string = quality_string
+        self.rating_tags = dict(RATING_TAGS if rating_tags is None else rating_tags)
+        self._rng = random.Random()  # reseeded per draw from its key (no allocation per caption)
+        # whether two draws of one sample may differ (text-embedding caches need to know)
+        self.augments = bool(self.shuffle or any(lv.p for lv in self.levels) or self.weak or self.paraphrase_prob
+                             or self.caption_prob or self.register_prob or self.uncond_prob or self.space_prob
+                             or any(p < 1 for p in self.section_prob.values()))
+
+    # -- one draw ----------------------------------------------------------------------------------------
+    def __call__(self, source, key: CaptionKey | random.Random | None = None) -> str:
+        rng = draw_rng(key, self._rng)
+        record = structured(source)
+        quality = record["score_tag"] or self.quality_string
+        if self.uncond_prob and rng.random() < self.uncond_prob:
+            return quality if quality and rng.random() < self.uncond_quality_fraction else ""
+        sections = self.sections(record)
+        has_tags = any(sections.values())
+        caption = record["caption"]
+        if caption and (not has_tags or (self.caption_prob and rng.random() < self.caption_prob)):
+            text = caption
+            if quality and self.keeps("score", rng):
+                text = f"{quality}, {text}"
+        else:
+            text = self.tag_prompt(sections, rng)
+        if self.register_prob and rng.random() < self.register_prob:
+            text = " ".join([text, *register_tokens(rng, self.register_count, self.register_length)]).strip()
+        return text
+
+    def keeps(self, section: str, rng: random.Random) -> bool:
+        p = self.section_prob.get(section, 1.0)
+        return p >= 1.0 or rng.random() < p
+
+    def sections(self, record: Mapping) -> dict[str, list[str]]:
+        rating = self.rating_tags.get(record["rating"] or "", "")
+        return {**record["sections"], "rating": [rating] if rating else [],
+                "score": [record["score_tag"]] if record["score_tag"] else [],
+                "year": [record["year_tag"]] if record["year_tag"] else [], "control": record["control_tags"]}
+
+    def tag_prompt(self, sections: dict[str, list[str]], rng: random.Random) -> str:
+        chosen: list[tuple[str, list[str]]] = []
+        for name in self.order:
+            words = sections.get(name)
+            if not words or (name in self.section_prob and not self.keeps(name, rng)):
+                continue
+            if name in self.weak:
+                words = weak_dropout(words, self.weak[name], rng)
+            if name in self.shuffle and len(words) > 1:
+                words = shuffled(words, rng)
+            chosen.append((name, words))
+        if self.levels:
+            chosen = self.multi_level_dropout(chosen, rng)
+        words = [w for _, ws in chosen for w in ws]
+        words = paraphrase(words, self.paraphrases, self.paraphrase_prob, rng)
+        sep = " " if self.space_prob and rng.random() < self.space_prob else ", "
+        return sep.join(words)
+
+    def multi_level_dropout(self, chosen: list[tuple[str, list[str]]], rng: random.Random) -> list[tuple[str, list[str]]]:
+        """Keep a level's share of the droppable, unprotected tags (pooled over the droppable sections)."""
+        protected = self.protected
+        # droppable positions per section (all of them when nothing is protected: no per-tag work)
+        slots = {k: (range(len(ws)) if not protected else [j for j, w in enumerate(ws) if w not in protected])
+                 for k, (name, ws) in enumerate(chosen) if name in self.droppable}
+        n = sum(len(js) for js in slots.values())
+        keep = level_keep(n, self.levels, rng.random())
+        if keep >= n:
+            return chosen
+        out = list(chosen)
+        if len(slots) == 1 and not protected:
+            (k,) = slots
+            name, ws = chosen[k]
+            if name in self.shuffle:  # already in uniform random order: its first `keep` are a uniform subset
+                out[k] = (name, ws[:keep])
+                return out
+        drop = set(random_order(n, rng)[keep:])  # flat positions over the sections' slots, in order
+        offset = 0
+        for k, js in slots.items():
+            gone = {js[i - offset] for i in range(offset, offset + len(js)) if i in drop}
+            if gone:
+                name, ws = chosen[k]
+                out[k] = (name, [w for j, w in enumerate(ws) if j not in gone])
+            offset += len(js)
+        return out
+
+
+def structured(source) -> dict:
+    """Any caption source as a structured record (strings become general tags / a written caption)."""
+    if is_structured(source):
+        return source
+    named = named_captions(source)
+    tags = named.get("tags", "")
+    caption = named.get("sentence") or named.get("caption") or next((v for k, v in named.items() if k != "tags"), None)
+    return caption_source({"general": [t.strip() for t in tags.split(",") if t.strip()]}, caption=caption)
