@@ -46,6 +46,8 @@ def build_module(cfg: DictConfig, backbone=None):
         lr_scheduler=optim.get("lr_scheduler"),
         lr=optim.lr,
         text_encoder_lr=optim.get("text_encoder_lr"),
+        lrs=optim.get("lrs"),
+        gradient_checkpointing=cfg.get("gradient_checkpointing") or (),
         sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
         config=stored_run_config(cfg),
     )

@@ -93,8 +93,9 @@ class SDXLBackbone(Backbone):
 
     # -- contract ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> Conditioning:
-        with maybe_no_grad(self.text_encoders_frozen):
+        with maybe_no_grad(self.text_encoder_frozen("clip_l")):
             tokens_l, _ = self.text_encoders["clip_l"](prompts)
+        with maybe_no_grad(self.text_encoder_frozen("clip_g")):
             tokens_g, pooled = self.text_encoders["clip_g"](prompts)
         return Conditioning(tokens=torch.cat([tokens_l, tokens_g], dim=-1), mask=None, pooled=pooled)
 
