@@ -111,3 +111,57 @@ def test_save_then_load_restores_every_factor(tmp_path, method, fmt):
         assert p1 == p2
         for name, value in factors(l1).items():
             torch.testing.assert_close(factors(l2)[name], value, rtol=1e-6, atol=1e-7)
+
+
+# diffusers' Lumina-2 conversion splits the fused qkv LoRA at Lumina-2's real widths (2304, 768, 768), so
+# this model has the real attention width (24 x 96 -> 3 heads of 768 here) and tiny everything else.
+LUMINA_REAL_ATTENTION = ["backbone=lumina_tiny", "backbone.transformer.hidden_size=2304",
+                         "backbone.transformer.num_attention_heads=3", "backbone.transformer.num_kv_heads=1",
+                         "backbone.transformer.axes_dim_rope=[256,256,256]", "backbone.transformer.num_layers=1",
+                         "backbone.transformer.num_refiner_layers=1", "backbone.transformer.multiple_of=32",
+                         "+backbone.transformer.ffn_dim_multiplier=0.01"]
+
+
+@pytest.mark.parametrize("fmt", ["comfyui", "diffusers"])
+def test_lumina_file_loads_in_diffusers_with_the_same_outputs(tmp_path, fmt):
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
+    from safetensors import safe_open
+
+    from tests.conftest import compose_config
+
+    torch.manual_seed(0)
+    backbone = instantiate(compose_config(LUMINA_REAL_ATTENTION, tmp_path).backbone)
+    base = copy.deepcopy(backbone.denoiser)
+    apply_lora(backbone, LoraSettings(rank=4, alpha=2.0))
+    randomize(backbone)
+    path = save_lora(backbone, export_paths(tmp_path)[fmt], fmt)
+    if fmt == "comfyui":
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+        assert {"diffusion_model.layers.0.attention.qkv.lora_A.weight", "diffusion_model.layers.0.attention.out.lora_B.weight",
+                "diffusion_model.noise_refiner.0.adaLN_modulation.1.lora_A.weight",
+                "diffusion_model.context_refiner.0.feed_forward.w3.lora_B.weight"} <= keys
+        assert not any("to_q" in k or "alpha" in k for k in keys)
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, backbone.latent_channels, 8, 8, generator=gen)
+    ctx = torch.randn(2, 6, base.config.cap_feat_dim, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    kwargs = {"hidden_states": x, "timestep": torch.tensor([0.2, 0.9]), "encoder_hidden_states": ctx,
+              "encoder_attention_mask": mask, "return_dict": False}
+    with torch.no_grad():
+        plain = base(**kwargs)[0]
+        pipe = Lumina2Pipeline(transformer=base, scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+                               text_encoder=None, tokenizer=None)
+        pipe.load_lora_weights(str(path))
+        expected = backbone.denoiser(**kwargs)[0]
+        got = pipe.transformer(**kwargs)[0]
+    assert (expected - plain).abs().max() > 1e-2  # the adapters change the output
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+    again = instantiate(compose_config(LUMINA_REAL_ATTENTION, tmp_path).backbone)
+    apply_lora(again, LoraSettings(rank=4, alpha=2.0))
+    load_lora(again, path)  # the fused qkv splits back into the rank-4 q, k, v adapters
+    for (_, _, l1), (_, _, l2) in zip(adapted_layers(backbone), adapted_layers(again), strict=True):
+        for name, value in factors(l1).items():
+            torch.testing.assert_close(factors(l2)[name], value, rtol=1e-5, atol=1e-6)

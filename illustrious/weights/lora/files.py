@@ -139,7 +139,7 @@ def _lumina_load(backbone, tensors: dict) -> None:
         ranks = [layers[i].r[ADAPTER] for i in range(3)]
         rows = [factors(layers[i])["lora_B"].shape[0] for i in range(3)]
         blocks = [up[sum(rows[:i]):sum(rows[:i + 1]), sum(ranks[:i]):sum(ranks[:i + 1])] for i in range(3)]
-        if down.shape[0] != sum(ranks) or sum(b.abs().sum() for b in blocks) != up.abs().sum():
+        if down.shape[0] != sum(ranks) or not torch.equal(torch.block_diag(*blocks), up):
             raise ConfigError(f"{key}: this fused qkv LoRA (rank {down.shape[0]}) is not three rank-{ranks[0]} "
                               "q/k/v adapters side by side, so it cannot continue training at lora.rank="
                               f"{ranks[0]}; load it with diffusers, or set lora.rank to match.")
