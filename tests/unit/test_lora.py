@@ -83,3 +83,11 @@ def test_unknown_lora_component_is_named(make_config):
 
     with pytest.raises(ConfigError, match="text_encoder_3"):
         build_module(make_config("lora=lora", "lora.text_encoders=[text_encoder_3]"))
+
+
+def test_a_format_that_cannot_hold_the_adapters_fails_before_training(make_config):
+    from illustrious.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ComfyUI's Lumina-2 LoRA layout holds the denoiser only"):
+        build_module(make_config("backbone=lumina_tiny", "lora=lora", "lora.text_encoders=[text_encoder]"))
+    build_module(make_config("backbone=lumina_tiny", "lora=lora", "lora.text_encoders=[text_encoder]", "lora.save=[]"))

@@ -8,10 +8,10 @@
 """
 
 from illustrious.weights.lora.adapters import LoraSettings, apply_lora, merge_lora
-from illustrious.weights.lora.files import FORMATS, export_paths, load_lora, save_lora
+from illustrious.weights.lora.files import FORMATS, check_formats, export_paths, load_lora, save_lora
 
 __all__ = ["FORMATS", "LoraSettings", "apply_lora", "export_paths", "load_lora", "merge_lora", "save_lora",
-           "setup_lora"]
+           "setup_lora", "check_formats"]
 
 
 def setup_lora(backbone, settings: LoraSettings | None) -> None:
@@ -19,5 +19,6 @@ def setup_lora(backbone, settings: LoraSettings | None) -> None:
     if not settings:
         return
     apply_lora(backbone, settings)
+    check_formats(backbone, settings.save)  # a format that cannot hold these adapters fails now, not after training
     if settings.weights:
         load_lora(backbone, settings.weights)

@@ -94,8 +94,8 @@ def _lumina_layers(backbone):
         raise ConfigError("The ComfyUI Lumina-2 layout holds plain LoRA (fused qkv); save LoHa/LoKr as format=diffusers.")
     for group, path, layer in adapted_layers(backbone):
         if group != "denoiser":
-            raise ConfigError("ComfyUI's Lumina-2 LoRA layout holds the denoiser only; save text-encoder adapters "
-                              "with format=diffusers or train lora.text_encoders=[] for this format.")
+            raise ConfigError("ComfyUI's Lumina-2 LoRA layout holds the denoiser only (so does diffusers'): with "
+                              "text-encoder adapters set lora.save=[] (they stay in the training checkpoint).")
         yield path, layer
 
 
@@ -171,7 +171,8 @@ def _peft_key(group: str, path: str, name: str, kind: str) -> str:
     return f"{path}.{name}.weight" if name.startswith("lora_") else f"{path}.{name}"
 
 
-def _diffusers_save(backbone, path: Path) -> None:
+def _diffusers_kwargs(backbone) -> dict:
+    """`save_lora_weights` arguments: `<component>_lora_layers` and `<component>_lora_adapter_metadata`."""
     import inspect
 
     layers, metadata = defaultdict(dict), {}
@@ -190,11 +191,28 @@ def _diffusers_save(backbone, path: Path) -> None:
     kwargs = {}
     for component, tensors in layers.items():
         if f"{component}_lora_layers" not in accepted:
-            raise ConfigError(f"{pipeline.__name__}'s LoRA files hold no {component}; train lora.text_encoders=[] "
-                              "for this backbone's diffusers format.")
+            raise ConfigError(f"{pipeline.__name__}'s LoRA files hold no {component}: leave it out of "
+                              "lora.text_encoders, or drop diffusers from lora.save (the checkpoint keeps it).")
         kwargs[f"{component}_lora_layers"] = tensors
         kwargs[f"{component}_lora_adapter_metadata"] = metadata[component]
-    pipeline.save_lora_weights(save_directory=str(path.parent), weight_name=path.name, safe_serialization=True, **kwargs)
+    return kwargs
+
+
+def _diffusers_save(backbone, path: Path) -> None:
+    _pipeline(backbone).save_lora_weights(save_directory=str(path.parent), weight_name=path.name,
+                                          safe_serialization=True, **_diffusers_kwargs(backbone))
+
+
+def _native_tensors(backbone) -> dict[str, torch.Tensor]:
+    return _kohya_save(backbone) if _kind(backbone) == "sdxl" else _lumina_save(backbone)
+
+
+def check_formats(backbone, formats) -> None:
+    """Stop before training when the adapters cannot be written in one of `formats` (lora.save)."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ConfigError(f"lora.save: unknown format {fmt!r}; choose from {FORMATS}.")
+        (_diffusers_kwargs if fmt == "diffusers" else _native_tensors)(backbone)
 
 
 @torch.no_grad()
@@ -249,8 +267,7 @@ def save_lora(backbone, path: str | Path, format: str = "comfyui") -> Path:
     if format == "diffusers":
         _diffusers_save(backbone, tmp)
     else:
-        tensors = _kohya_save(backbone) if _kind(backbone) == "sdxl" else _lumina_save(backbone)
-        save_file(tensors, tmp, metadata={"format": "pt", "ss_network_module": f"illustrious.{_method(backbone)}"})
+        save_file(_native_tensors(backbone), tmp, metadata={"format": "pt", "ss_network_module": f"illustrious.{_method(backbone)}"})
     tmp.replace(path)
     return path
 
