@@ -166,7 +166,7 @@ class Backbone(nn.Module):
 
     def enable_gradient_checkpointing(self, groups: Sequence[str]) -> None:
         """Recompute activations in the backward pass for these groups (`text_encoders` = all of them),
-        through diffusers' `enable_gradient_checkpointing` / transformers' `gradient_checkpointing_enable`."""
+        through diffusers' `enable_gradient_checkpointing` / transformers' `activation_checkpointing_enable`."""
         from illustrious.errors import ConfigError
 
         parts = self.components()
@@ -177,8 +177,10 @@ class Backbone(nn.Module):
                               f"{[*parts, self.TEXT_ENCODERS_DEFAULT]}.")
         for name in names:
             model = getattr(parts[name], "model", parts[name])  # prompt encoders wrap a transformers model
-            if hasattr(model, "enable_gradient_checkpointing"):
+            if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
                 model.enable_gradient_checkpointing()
+            elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             elif hasattr(model, "gradient_checkpointing_enable"):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:

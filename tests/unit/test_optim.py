@@ -93,7 +93,7 @@ def test_gradient_checkpointing_is_switched_on_per_component(make_config):
     module = build_module(make_config("gradient_checkpointing=[denoiser,text_encoder_2]"))
     parts = module.backbone.components()
     assert parts["denoiser"].is_gradient_checkpointing
-    assert parts["text_encoder_2"].model.is_gradient_checkpointing
-    assert not parts["text_encoder_1"].model.is_gradient_checkpointing
+    assert parts["text_encoder_2"].model.is_activation_checkpointing
+    assert not parts["text_encoder_1"].model.is_activation_checkpointing
     with pytest.raises(ConfigError, match="unet"):
         build_module(make_config("gradient_checkpointing=[unet]"))
