@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -17,7 +17,9 @@ class DiffusionModule(L.LightningModule):
 
     `optimizer` and `lr_scheduler` are partials (Hydra `_partial_: true`) completed with the parameter
     groups and the optimizer; `lr` is the denoiser's learning rate and `text_encoder_lr` the text
-    encoders' (None = same as `lr`, 0 = frozen).
+    encoders' (None = same as `lr`, 0 = frozen); `lrs` sets single groups (`text_encoder_1: 4.5e-6`,
+    `text_encoder_2: 0`, see `Backbone.components`). `gradient_checkpointing` names the groups that
+    recompute activations in the backward pass (`denoiser`, `text_encoders` or single encoders).
     """
 
     # Read by Lightning's ThroughputMonitor to report FLOP/s and MFU; None until something measures it.
@@ -25,14 +27,16 @@ class DiffusionModule(L.LightningModule):
 
     def __init__(self, backbone: Backbone, objective: Objective, optimizer: Callable, lr: float,
                  text_encoder_lr: float | None = None, lr_scheduler: Callable | None = None,
-                 sampling: Mapping | None = None, config: Mapping | None = None):
+                 sampling: Mapping | None = None, config: Mapping | None = None, lrs: Mapping | None = None,
+                 gradient_checkpointing: Sequence[str] = ()):
         super().__init__()
         self.backbone = backbone
         self.objective = objective
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.lrs = {"denoiser": lr, "text_encoders": lr if text_encoder_lr is None else text_encoder_lr}
+        self.lrs = {"denoiser": lr, "text_encoders": lr if text_encoder_lr is None else text_encoder_lr, **(lrs or {})}
         self.backbone.parameter_groups(self.lrs)  # freeze now, so summaries and the first step agree
+        self.backbone.enable_gradient_checkpointing(list(gradient_checkpointing or ()))
         self.sampling = dict(sampling or {})
         # what checkpoints store about the run (group choices and plain values, never a target to run):
         # illustrious.weights.run_config rebuilds the run from it for sampling, export and evaluation

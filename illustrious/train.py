@@ -35,9 +35,11 @@ def build_module(cfg: DictConfig, backbone=None):
     """The LightningModule a config describes (the backbone may be passed in already built)."""
 
     from illustrious.module import DiffusionModule
+    from illustrious.weights.lora import setup_lora
     from illustrious.weights.run_config import stored_run_config
 
     backbone = backbone if backbone is not None else instantiate(cfg.backbone)
+    setup_lora(backbone, instantiate(cfg.lora) if cfg.get("lora") else None)  # before the optimizer groups
     optim = instantiate(cfg.optim)
     return DiffusionModule(
         backbone=backbone,
@@ -46,6 +48,8 @@ def build_module(cfg: DictConfig, backbone=None):
         lr_scheduler=optim.get("lr_scheduler"),
         lr=optim.lr,
         text_encoder_lr=optim.get("text_encoder_lr"),
+        lrs=optim.get("lrs"),
+        gradient_checkpointing=cfg.get("gradient_checkpointing") or (),
         sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
         config=stored_run_config(cfg),
     )
@@ -61,6 +65,14 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict] | None:
     from illustrious.checkpoint_folder import resume_checkpoint as choose
 
     return choose(checkpoint_dir(cfg), cfg.get("ckpt_path"), bool(cfg.resume), bool(cfg.allow_pickle))
+
+
+def save_lora_files(backbone, output_dir) -> None:
+    """The trained adapters (EMA ones when EMA is on) in each of `lora.save`'s formats."""
+    from illustrious.weights.lora import export_paths, save_lora
+
+    for fmt in backbone.lora_settings.save:
+        log.info("LoRA (%s) written to %s", fmt, save_lora(backbone, export_paths(output_dir)[fmt], fmt))
 
 
 def resume_path(cfg: DictConfig) -> str | None:
@@ -94,6 +106,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     with preemption.listen():  # SIGTERM/SIGUSR1: checkpoint at the step's end, then TrainingInterrupted
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    if getattr(module.backbone, "lora_settings", None) and trainer.is_global_zero:
+        save_lora_files(module.backbone, cfg.output_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     metrics["global_step"] = trainer.global_step
     out = Path(cfg.output_dir)

@@ -71,13 +71,18 @@ class Backbone(nn.Module):
     latent_channels: int
     patch_size: int = 1  # latent pixels per token side
     pixel_multiple: int  # bucket sides must be multiples of this (autoencoder factor x patch/downsampling)
-    # Names of the learning-rate groups a config may set (`optim.lr` / `optim.text_encoder_lr`).
-    component_groups = ("denoiser", "text_encoders")
+    # Learning-rate groups (`optim.lr` = denoiser, `optim.text_encoder_lr` = default for every text encoder,
+    # `optim.lrs.<group>` per group): "denoiser" and "text_encoder" (one encoder) or "text_encoder_1", ... in
+    # the order of `text_encoders`, the names diffusers and kohya use.
+    TEXT_ENCODERS_DEFAULT = "text_encoders"
 
     def __init__(self, autoencoder: nn.Module):
         super().__init__()
         self.autoencoder = autoencoder.requires_grad_(False).eval()
-        self._frozen_text_encoders = False
+        self._frozen: set[str] = set()  # groups frozen by `parameter_groups`
+        # group -> name prefix of the adapter parameters that train there (set when LoRA is applied);
+        # when any group has adapters, only adapter parameters train anywhere
+        self.adapter_prefixes: dict[str, str] = {}
 
     # -- contract ---------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> Conditioning:
@@ -101,39 +106,90 @@ class Backbone(nn.Module):
         return (latents.shape[-2] // self.patch_size) * (latents.shape[-1] // self.patch_size)
 
     # -- optimisation -------------------------------------------------------------------------------
-    def components(self) -> dict[str, list[nn.Module]]:
+    def text_encoder_groups(self) -> dict[str, str]:
+        """Learning-rate group name -> key in `text_encoders`."""
+        keys = list(self.text_encoders)
+        return {"text_encoder": keys[0]} if len(keys) == 1 else {f"text_encoder_{i}": k for i, k in enumerate(keys, 1)}
+
+    def components(self) -> dict[str, nn.Module]:
         """Trainable parts by learning-rate group."""
-        return {"denoiser": [self.denoiser], "text_encoders": list(self.text_encoders.values())}
+        return {"denoiser": self.denoiser, **{g: self.text_encoders[k] for g, k in self.text_encoder_groups().items()}}
+
+    def component_lrs(self, lrs: Mapping[str, float | None]) -> dict[str, float | None]:
+        """Each group's learning rate; `text_encoders` is the default for every text-encoder group."""
+        from illustrious.errors import ConfigError
+
+        groups = list(self.components())
+        unknown = set(lrs) - set(groups) - {self.TEXT_ENCODERS_DEFAULT}
+        if unknown:
+            raise ConfigError(f"Unknown learning-rate group(s) {sorted(unknown)} in optim.lrs; this backbone has "
+                              f"{groups}.")
+        negative = {k: v for k, v in lrs.items() if v is not None and v < 0}
+        if negative:
+            raise ConfigError(f"Learning rates {negative} must be >= 0 (0 freezes the component).")
+        default = lrs.get(self.TEXT_ENCODERS_DEFAULT)
+        return {g: lrs.get(g, default if g != "denoiser" else None) for g in groups}
+
+    def trainable_parameters(self, group: str) -> list[nn.Parameter]:
+        """What trains in a group: everything, or only its adapter weights once LoRA is applied."""
+        module = self.components()[group]
+        if not self.adapter_prefixes:
+            return list(module.parameters())
+        prefix = self.adapter_prefixes.get(group)
+        return [p for n, p in module.named_parameters() if prefix and prefix in n]
 
     def parameter_groups(self, lrs: Mapping[str, float | None]) -> list[dict]:
-        """One optimizer group per component with a learning rate; a component with lr 0 or None is frozen."""
-        parts = self.components()
-        unknown = set(lrs) - set(parts)
-        if unknown:
-            raise ValueError(f"Unknown learning-rate group(s) {sorted(unknown)}; this backbone has {sorted(parts)}.")
+        """One optimizer group per component with a learning rate; a component with lr 0 or None is frozen
+        (its parameters stop requiring gradients, and its text encoder runs without autograd)."""
         groups = []
-        for name, modules in parts.items():
-            lr = lrs.get(name)
-            params = [p for m in modules for p in m.parameters()]
-            trainable = bool(lr) and bool(params)
+        self._frozen = set()
+        for name, lr in self.component_lrs(lrs).items():
+            self.components()[name].requires_grad_(False)
+            params = self.trainable_parameters(name) if lr else []
             for p in params:
-                p.requires_grad_(trainable)
-            if name == "text_encoders":
-                self._frozen_text_encoders = not trainable
-            if trainable:
+                p.requires_grad_(True)
+            if params:
                 groups.append({"params": params, "lr": float(lr), "name": name})
+            else:
+                self._frozen.add(name)
         if not groups:
             raise ValueError("Every component is frozen: set optim.lr (denoiser) or optim.text_encoder_lr above 0.")
         return groups
 
+    def text_encoder_frozen(self, key: str) -> bool:
+        """Whether the text encoder `text_encoders[key]` trains nothing (then it runs under no_grad)."""
+        return any(k == key and g in self._frozen for g, k in self.text_encoder_groups().items())
+
     @property
     def text_encoders_frozen(self) -> bool:
-        return self._frozen_text_encoders
+        return all(g in self._frozen for g in self.text_encoder_groups())
+
+    def enable_gradient_checkpointing(self, groups: Sequence[str]) -> None:
+        """Recompute activations in the backward pass for these groups (`text_encoders` = all of them),
+        through diffusers' `enable_gradient_checkpointing` / transformers' `activation_checkpointing_enable`."""
+        from illustrious.errors import ConfigError
+
+        parts = self.components()
+        names = [g for n in groups for g in ([*self.text_encoder_groups()] if n == self.TEXT_ENCODERS_DEFAULT else [n])]
+        unknown = set(names) - set(parts)
+        if unknown:
+            raise ConfigError(f"gradient_checkpointing: unknown component(s) {sorted(unknown)}; this backbone has "
+                              f"{[*parts, self.TEXT_ENCODERS_DEFAULT]}.")
+        for name in names:
+            model = getattr(parts[name], "model", parts[name])  # prompt encoders wrap a transformers model
+            if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
+                model.enable_gradient_checkpointing()
+            elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(model, "gradient_checkpointing_enable"):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                raise ConfigError(f"gradient_checkpointing: {name} ({type(model).__name__}) does not support it.")
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.autoencoder.eval()  # never trained here; keeps dropout/norm statistics fixed
-        if self._frozen_text_encoders:
-            for m in self.text_encoders.values():
-                m.eval()
+        for group, key in self.text_encoder_groups().items():
+            if group in self._frozen:
+                self.text_encoders[key].eval()
         return self

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
+from illustrious.callbacks.ema import averaged_weights
 from illustrious.eval.composition import to_uint8
 from illustrious.sampling.grid import image_grid
 
@@ -15,8 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def sample_images(trainer: L.Trainer, module, prompts: list[str], height: int, width: int, **settings) -> np.ndarray:
-    """Generate under the trainer's precision; returns (N, H, W, 3) uint8."""
-    with trainer.precision_plugin.forward_context():
+    """Generate under the trainer's precision, from the EMA weights when EMA is on; returns (N, H, W, 3) uint8."""
+    with trainer.precision_plugin.forward_context(), averaged_weights(trainer, module):
         pixels = module.generate(prompts, height=height, width=width, **settings)
     return to_uint8(pixels)
 

@@ -51,7 +51,7 @@ def test_training_changes_the_denoiser_and_text_encoders(make_config):
     module = objects["module"]
     ckpt = load_checkpoint_file(cfg.output_dir + "/checkpoints/last.safetensors")
     names = [g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]]
-    assert names == ["denoiser", "text_encoders"]
+    assert names[0] == "denoiser" and names[1:] in (["text_encoder_1", "text_encoder_2"], ["text_encoder"])
     state = module.state_dict()
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
     assert ckpt["illustrious_run"]["choices"]["backbone"] in ("sdxl_tiny", "lumina_tiny")

@@ -70,7 +70,7 @@ def test_tensorboard_has_loss_lr_grad_norm_and_throughput(make_config, tmp_path)
     train(cfg)
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/grad_norm", "lr-AdamW/denoiser", "lr-AdamW/text_encoders"} <= tags
+    assert {"train/loss", "train/grad_norm", "lr-AdamW/denoiser", "lr-AdamW/text_encoder_1", "lr-AdamW/text_encoder_2"} <= tags
     assert any(tag.endswith("samples_per_sec") for tag in tags), tags
     assert "eval/composition_accuracy" in tags
     assert events.Tags()["images"]  # the sample grid

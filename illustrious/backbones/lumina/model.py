@@ -78,7 +78,7 @@ class LuminaBackbone(Backbone):
             self.autoencoder.vae.save_pretrained(root / "vae")
 
     def encode_text(self, prompts: list[str]) -> Conditioning:
-        with maybe_no_grad(self.text_encoders_frozen):
+        with maybe_no_grad(self.text_encoder_frozen("gemma")):
             tokens, mask = self.text_encoders["gemma"](prompts)
         return Conditioning(tokens=tokens, mask=mask)
 

@@ -106,8 +106,9 @@ class SDXLBackbone(Backbone):
         """
         encoders = self.text_encoders["clip_l"], self.text_encoders["clip_g"]
         n_chunks = max(max(enc.chunks(prompts).counts) for enc in encoders)
-        with maybe_no_grad(self.text_encoders_frozen):
+        with maybe_no_grad(self.text_encoder_frozen("clip_l")):
             tokens_l, _, mask_l = encoders[0](prompts, n_chunks)
+        with maybe_no_grad(self.text_encoder_frozen("clip_g")):
             tokens_g, pooled, mask_g = encoders[1](prompts, n_chunks)
         mask = (mask_l | mask_g) if self.mask_padding else None
         return Conditioning(tokens=torch.cat([tokens_l, tokens_g], dim=-1), mask=mask, pooled=pooled)
