@@ -76,6 +76,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if hasattr(datamodule, "check_pixel_multiple"):
         datamodule.check_pixel_multiple(backbone.pixel_multiple)
     module = build_module(cfg, backbone)
+    from illustrious.weights.markers import check_objective
+
+    # pretrained weights train only with the objective they were trained with, unless told otherwise
+    check_objective(getattr(backbone, "pretrained_prediction", None), module.objective,
+                    getattr(backbone, "check_prediction_type", True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
