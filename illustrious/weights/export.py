@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,20 +144,28 @@ def _fill_diffusers(backbone, fam: Family, kind: markers.PredictionType, meta: M
 
 # -- from a training checkpoint ---------------------------------------------------------------------------------
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, dtype: str = "fp16",
-                      overwrite: bool = False, allow_pickle: bool = False, title: str | None = None,
-                      load: Callable | None = None) -> Path:
+                      overwrite: bool = False, allow_pickle: bool = False, title: str | None = None) -> Path:
     """Rebuild the model a training checkpoint holds (its stored run config selects our own config groups only:
     run_config.rebuild_run_config) and export it."""
-    from illustrious.sample import load_module
-
-    module, run_cfg = (load or load_module)(str(checkpoint), allow_pickle=allow_pickle, device="cpu")
     from omegaconf import OmegaConf
 
-    from illustrious.weights.run_config import stored_run_config
+    from illustrious.checkpoint_io import load_checkpoint_file
+    from illustrious.train import build_module
+    from illustrious.weights.run_config import LEGACY_KEY, STORED_KEY, rebuild_run_config
 
+    ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
+    # the stored config only selects our own config groups; it never names code to run
+    run_cfg = rebuild_run_config(ckpt, source=str(checkpoint))
+    module = build_module(run_cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    stored = ckpt.get(STORED_KEY) or {"legacy": True, "choices": {}, "values": {}}
+    if LEGACY_KEY in ckpt and STORED_KEY not in ckpt:  # record plain values only, never the old targets
+        from illustrious.weights.run_config import plain_values
+
+        stored = {"choices": {}, "values": plain_values(ckpt[LEGACY_KEY])}
     provenance = {"checkpoint": str(checkpoint), "backbone": type(module.backbone).__name__,
                   "objective": type(module.objective).__name__}
     resolution = OmegaConf.select(run_cfg, "data.height")
     return export_backbone(module.backbone, module.objective, fmt, out, dtype=dtype, overwrite=overwrite, title=title,
-                           run_config=stored_run_config(run_cfg), provenance=provenance,
+                           run_config=stored, provenance=provenance,
                            resolution=int(resolution) if resolution else None)
