@@ -160,3 +160,18 @@ def test_resume_from_crafted_checkpoint_runs_no_code(trained, tmp_path):
     metrics, _ = train(cfg)
     assert not marker.exists()
     assert metrics["global_step"] == 3  # resumed at step 2 and trained one more
+
+
+def test_export_refuses_crafted_file_and_runs_no_code(trained, tmp_path):
+    """`python -m illustrious.export` rebuilds the run config the same way: a foreign target is refused, a
+    smuggled one ignored, and nothing the file names is ever run."""
+    from illustrious.weights.export import export_checkpoint
+
+    marker = tmp_path / "marker"
+    legacy = crafted(trained, tmp_path, marker, legacy=True)
+    with pytest.raises(ConfigError, match="none of our 'backbone' options"):
+        export_checkpoint(legacy, "single_file", tmp_path / "out.safetensors")
+    smuggled = crafted(trained, tmp_path, marker, legacy=False)
+    with pytest.raises(ConfigError, match="pixel space"):  # our own sdxl_tiny was built, and has no VAE to export
+        export_checkpoint(smuggled, "single_file", tmp_path / "out.safetensors")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()

@@ -66,7 +66,12 @@ def test_writes_refuse_to_overwrite_and_leave_no_temporary(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=true"):
         write_safetensors({"a": torch.ones(2)}, path)
     fused = torch.arange(6.0)
-    write_safetensors({"a": fused[:3], "b": fused[3:]}, path, overwrite=True)  # views of one storage
+    tensors = {"a": fused[:3], "b": fused[3:], "scalar": torch.tensor(2.5), "marker": torch.tensor([]),
+               "bf16": torch.randn(3, 4).to(torch.bfloat16).T, "ids": torch.arange(5)}  # views, odd dtypes and shapes
+    write_safetensors(tensors, path, {"k": "v"}, overwrite=True)
+    back, meta = read_weights(path)  # read by the safetensors library itself
+    assert meta == {"k": "v"} and set(back) == set(tensors)
+    assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
     def fail(tmp):
