@@ -5,7 +5,6 @@ and diffusers' own format detection recognises them."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from illustrious.backbones.text_encoders import architecture_config
 
