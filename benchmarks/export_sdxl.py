@@ -26,8 +26,12 @@ def random_fp16(make):
     import torch
     from accelerate import init_empty_weights
 
-    with init_empty_weights():
-        model = make()
+    torch.set_default_dtype(torch.float16)  # parameters made in fp16 on meta, so to_empty allocates fp16
+    try:
+        with init_empty_weights():
+            model = make()
+    finally:
+        torch.set_default_dtype(torch.float32)
     model = model.to_empty(device="cpu").half()
     with torch.no_grad():
         for p in model.parameters():
