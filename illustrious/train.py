@@ -96,6 +96,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if hasattr(datamodule, "check_pixel_multiple"):
         datamodule.check_pixel_multiple(backbone.pixel_multiple)
     module = build_module(cfg, backbone)
+    from illustrious.weights.markers import check_objective
+
+    # pretrained weights train only with the objective they were trained with, unless told otherwise
+    check_objective(getattr(backbone, "pretrained_prediction", None), module.objective,
+                    getattr(backbone, "check_prediction_type", True))
     ckpt_path = None
     if resume is not None:  # handed to the checkpoint plugin, so the trainer does not read the file again
         ckpt_path = str(resume[0])

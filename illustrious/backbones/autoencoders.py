@@ -37,11 +37,13 @@ class LatentAutoencoder(nn.Module):
         return self.vae.decode((latents / self.scaling_factor + self.shift_factor).to(self.vae.dtype)).sample
 
     @classmethod
-    def from_architecture(cls, name: str, **overrides) -> LatentAutoencoder:
-        """Randomly initialised autoencoder of a shipped architecture (`sdxl_vae`, `flux_vae`)."""
+    def from_architecture(cls, name: str, sample: bool = True, **overrides) -> LatentAutoencoder:
+        """Randomly initialised autoencoder of a shipped architecture (`sdxl_vae`, `flux_vae`); an override set
+        to None keeps the architecture's value."""
         from diffusers import AutoencoderKL
 
-        return cls(AutoencoderKL.from_config({**architecture_config(name), **overrides}))
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return cls(AutoencoderKL.from_config({**architecture_config(name), **overrides}), sample=sample)
 
     @classmethod
     def from_pretrained(cls, path: str, subfolder: str | None = "vae", **kwargs) -> LatentAutoencoder:

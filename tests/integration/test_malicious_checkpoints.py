@@ -173,3 +173,18 @@ def test_legacy_checkpoint_with_renamed_data_module_still_matches():
     cfg = rebuild_run_config({LEGACY_KEY: values}, source="legacy")
     assert cfg.data._target_ == "illustrious.data.sources.shapes_datamodule.ShapesDataModule"
     assert cfg.backbone._target_ == "illustrious.backbones.sdxl.SDXLBackbone.from_config"
+
+
+def test_export_refuses_crafted_file_and_runs_no_code(trained, tmp_path):
+    """`python -m illustrious.export` rebuilds the run config the same way: a foreign target is refused, a
+    smuggled one ignored, and nothing the file names is ever run."""
+    from illustrious.weights.export import export_checkpoint
+
+    marker = tmp_path / "marker"
+    legacy = crafted(trained, tmp_path, marker, legacy=True)
+    with pytest.raises(ConfigError, match="none of our 'backbone' options"):
+        export_checkpoint(legacy, "single_file", tmp_path / "out.safetensors")
+    smuggled = crafted(trained, tmp_path, marker, legacy=False)
+    with pytest.raises(ConfigError, match="pixel space"):  # our own sdxl_tiny was built, and has no VAE to export
+        export_checkpoint(smuggled, "single_file", tmp_path / "out.safetensors")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
-from illustrious.backbones.pretrained import diffusers_folder
+from illustrious.backbones.pretrained import locate_weights
 from illustrious.backbones.text_encoders import (
     LUMINA_SYSTEM_PROMPT,
     GemmaPromptEncoder,
@@ -21,9 +21,13 @@ from illustrious.backbones.text_encoders import (
 from illustrious.errors import ConfigError
 
 __all__ = ["LuminaBackbone", "LUMINA_SYSTEM_PROMPT"]
+FOLDER_PARTS = ("transformer", "text_encoder", "tokenizer", "vae")
 
 
 class LuminaBackbone(Backbone):
+    pretrained_prediction = None  # what loaded weights say they predict (illustrious.weights.markers)
+    check_prediction_type = True
+
     def __init__(self, transformer: nn.Module, text_encoder: GemmaPromptEncoder, autoencoder: nn.Module):
         super().__init__(autoencoder)
         self.denoiser = transformer
@@ -56,17 +60,56 @@ class LuminaBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, system_prompt: str = "diffusers",
-                        max_sequence_length: int = 256) -> LuminaBackbone:
-        """Load Lumina-Image-2.0 from a local diffusers folder (transformer/, text_encoder/, tokenizer/, vae/)."""
-        parts = ("transformer", "text_encoder", "tokenizer", "vae")
-        root = diffusers_folder(weights, parts, "lumina", "Lumina-Image-2.0")
-        from diffusers import Lumina2Transformer2DModel
-        from transformers import Gemma2Model
+                        max_sequence_length: int = 256, base: str | None = None, tokenizer: str | None = None,
+                        allow_pickle: bool = False, check_prediction_type: bool = True) -> LuminaBackbone:
+        """Load Lumina-Image-2.0 from a local diffusers folder (transformer/, text_encoder/, tokenizer/, vae/), or
+        from one file: the original repository's consolidated checkpoint (transformer only; `.safetensors`, or
+        `.pth` with `allow_pickle`) or ComfyUI's single file. What a file lacks (text encoder, VAE, tokenizer)
+        comes from `base`, a diffusers folder; architectures are the shipped ones unless `base` has its own."""
+        from illustrious.weights.markers import PredictionType
 
-        transformer = Lumina2Transformer2DModel.from_pretrained(root / "transformer", local_files_only=True)
-        gemma = Gemma2Model.from_pretrained(root / "text_encoder", local_files_only=True)
-        encoder = GemmaPromptEncoder(load_tokenizer(str(root / "tokenizer")), gemma, system_prompt, max_sequence_length)
-        return cls(transformer, encoder, LatentAutoencoder.from_pretrained(str(root / "vae"), subfolder=None))
+        root = locate_weights(weights, FOLDER_PARTS, "lumina", "Lumina-Image-2.0")
+        if root.is_file():
+            from illustrious.backbones.lumina.single_file import load_single_file
+
+            transformer, gemma, tok, vae = load_single_file(root, base, tokenizer, allow_pickle)
+        else:
+            from diffusers import AutoencoderKL, Lumina2Transformer2DModel
+            from transformers import Gemma2Model
+
+            transformer = Lumina2Transformer2DModel.from_pretrained(root / "transformer", local_files_only=True)
+            gemma = Gemma2Model.from_pretrained(root / "text_encoder", local_files_only=True)
+            tok = load_tokenizer(str(root / "tokenizer"))
+            vae = AutoencoderKL.from_pretrained(root / "vae", local_files_only=True)
+        encoder = GemmaPromptEncoder(tok, gemma, system_prompt, max_sequence_length)
+        backbone = cls(transformer, encoder, LatentAutoencoder(vae))
+        # Lumina-2 is a rectified-flow model (it predicts x0 - noise at reversed time; forward() flips both)
+        backbone.pretrained_prediction = PredictionType("flow", False, f"{root} (Lumina-2 is a flow model)")
+        backbone.check_prediction_type = check_prediction_type
+        return backbone
+
+    def original_state_dict(self) -> dict:
+        """The Next-DiT in the original repository's layout (consolidated checkpoint keys)."""
+        from illustrious.backbones.lumina.state_dict_adapter import transformer_to_original
+
+        return transformer_to_original(self.denoiser.state_dict())
+
+    def comfyui_state_dict(self) -> dict:
+        """ComfyUI's all-in-one layout: model.diffusion_model.*, text_encoders.gemma2_2b.*, vae.* (when there is one)."""
+        import math
+
+        import torch
+
+        from illustrious.backbones.lumina import state_dict_adapter as adapter
+        from illustrious.backbones.sdxl.state_dict_adapter import vae_to_original
+
+        out = {adapter.COMFY_MODEL_PREFIX + k: v for k, v in self.original_state_dict().items()}
+        out.update({adapter.COMFY_GEMMA_PREFIX + k: v for k, v in self.text_encoders["gemma"].model.state_dict().items()})
+        out[adapter.COMFY_GEMMA_LOGIT_SCALE] = torch.tensor(math.log(100.0))  # as ComfyUI saves it; never read
+        if isinstance(self.autoencoder, LatentAutoencoder):
+            vae = self.autoencoder.vae
+            out.update(vae_to_original(vae.state_dict(), vae.config, prefix=adapter.COMFY_VAE_PREFIX))
+        return out
 
     def save_pretrained(self, root: str | Path) -> None:
         root = Path(root)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
-from illustrious.backbones.pretrained import diffusers_folder
+from illustrious.backbones.pretrained import locate_weights
 from illustrious.backbones.text_encoders import (
     CLIPPromptEncoder,
     architecture_config,
@@ -21,9 +21,12 @@ from illustrious.backbones.text_encoders import (
 from illustrious.errors import ConfigError
 
 MICRO_CONDITIONING = ("original_size", "crop_top_left", "target_size")
+FOLDER_PARTS = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
 
 
 class SDXLBackbone(Backbone):
+    pretrained_prediction = None  # what loaded weights say they predict (illustrious.weights.markers)
+    check_prediction_type = True
     patch_size = 2  # no patches in a UNet; counts tokens as 2x2 latent patches, as Flux does, for shift schedules
 
     def __init__(self, unet: nn.Module, text_encoder_1: CLIPPromptEncoder, text_encoder_2: CLIPPromptEncoder,
@@ -71,10 +74,37 @@ class SDXLBackbone(Backbone):
                    CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
 
     @classmethod
-    def from_pretrained(cls, weights: str | None = None, max_chunks: int = 3, mask_padding: bool = False) -> SDXLBackbone:
-        """Load SDXL from a local diffusers folder (unet/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/)."""
-        parts = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
-        root = diffusers_folder(weights, parts, "sdxl", "sdxl")
+    def from_pretrained(cls, weights: str | None = None, config: str | None = None, tokenizer_1: str | None = None,
+                        tokenizer_2: str | None = None, allow_pickle: bool = False,
+                        check_prediction_type: bool = True, max_chunks: int = 3,
+                        mask_padding: bool = False) -> SDXLBackbone:
+        """Load SDXL from a local diffusers folder (unet/, text_encoder{,_2}/, tokenizer{,_2}/, vae/) or from one
+        file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
+
+        A single file is built with the architecture shipped in the package, or `config`'s (a diffusers folder
+        of another size); its tokenizers come from `tokenizer_1`/`tokenizer_2` or `config`. What the weights
+        predict (v_pred/ztsnr keys, modelspec metadata, scheduler config) is kept in `pretrained_prediction`,
+        and training refuses a different objective while `check_prediction_type` is on.
+        """
+        from illustrious.weights import markers
+
+        root = locate_weights(weights, FOLDER_PARTS, "sdxl", "illustrious-xl.safetensors")
+        if root.is_file():
+            from illustrious.backbones.sdxl.single_file import load_single_file
+
+            unet, te1, te2, tok1, tok2, vae, prediction = load_single_file(root, config, tokenizer_1, tokenizer_2,
+                                                                           allow_pickle)
+            backbone = cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks),
+                           LatentAutoencoder(vae), mask_padding)
+        else:
+            backbone = cls._from_folder(root, max_chunks, mask_padding)
+            prediction = markers.from_diffusers_folder(root)
+        backbone.pretrained_prediction = prediction
+        backbone.check_prediction_type = check_prediction_type
+        return backbone
+
+    @classmethod
+    def _from_folder(cls, root: Path, max_chunks: int = 3, mask_padding: bool = False) -> SDXLBackbone:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -85,6 +115,13 @@ class SDXLBackbone(Backbone):
         vae = LatentAutoencoder.from_pretrained(str(root / "vae"), subfolder=None)
         return cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks), vae,
                    mask_padding)
+
+    def original_state_dict(self) -> dict:
+        """The single-file state dict in the original layout (see state_dict_adapter)."""
+        from illustrious.backbones.sdxl.state_dict_adapter import to_original
+
+        vae = self.autoencoder.vae if isinstance(self.autoencoder, LatentAutoencoder) else None
+        return to_original(self.denoiser, self.text_encoders["clip_l"].model, self.text_encoders["clip_g"].model, vae)
 
     def save_pretrained(self, root: str | Path) -> None:
         """Write a diffusers-layout folder that `from_pretrained` (and diffusers) can read back."""
