@@ -86,6 +86,11 @@ class Backbone(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
         raise NotImplementedError
 
+    def parallel_policy(self):
+        """Which blocks are FSDP units and which are activation-checkpointed (`<backbone>/parallelize.py`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no parallel policy: FSDP needs one "
+                                  "(see illustrious/backbones/sdxl/parallelize.py).")
+
     @torch.no_grad()
     def encode_image(self, pixels: Tensor) -> Tensor:
         """Pixels in [-1, 1] -> scaled, shifted latents."""
@@ -114,10 +119,16 @@ class Backbone(nn.Module):
         groups = []
         for name, modules in parts.items():
             lr = lrs.get(name)
-            params = [p for m in modules for p in m.parameters()]
+            # weights no output depends on (text-encoder layers after the hidden state taken) stay frozen
+            # and out of the optimizer, so DDP needs no find_unused_parameters
+            unused = {id(p) for m in modules for sub in m.modules() if hasattr(sub, "unused_parameters")
+                      for p in sub.unused_parameters()}
+            params = [p for m in modules for p in m.parameters() if id(p) not in unused]
             trainable = bool(lr) and bool(params)
             for p in params:
                 p.requires_grad_(trainable)
+            for p in (p for m in modules for p in m.parameters() if id(p) in unused):
+                p.requires_grad_(False)
             if name == "text_encoders":
                 self._frozen_text_encoders = not trainable
             if trainable:

@@ -91,6 +91,11 @@ class SDXLBackbone(Backbone):
         if isinstance(self.autoencoder, LatentAutoencoder):
             self.autoencoder.vae.save_pretrained(root / "vae")
 
+    def parallel_policy(self):
+        from illustrious.backbones.sdxl.parallelize import POLICY
+
+        return POLICY
+
     # -- contract ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> Conditioning:
         with maybe_no_grad(self.text_encoders_frozen):
