@@ -23,9 +23,12 @@ class ParallelPolicy:
 
     wrap_units: Callable[[], tuple[type[nn.Module], ...]]
     checkpoint_units: Callable[[], tuple[type[nn.Module], ...]]
-    # modules sharded as a whole after their units, each called through its own forward (FSDP2 needs a forward
-    # to gather parameters): the denoiser and each text-encoder model
+    # modules sharded as a whole after their units, each called through its own forward (FSDP2 gathers
+    # parameters in a forward hook): the denoiser
     shard_roots: Callable[[nn.Module], list[nn.Module]]
+    # modules sharded part by part (every child holding parameters outside the units): the text-encoder
+    # models, whose class must not change (transformers finds a model's hidden-state hooks by its class)
+    shard_by_parts: Callable[[nn.Module], list[nn.Module]]
 
     def units(self, kind: str) -> tuple[type[nn.Module], ...]:
         if kind not in ("wrap", "checkpoint"):
@@ -65,6 +68,23 @@ class BackboneUnits(_Policy):
         return f"{type(self).__name__}({self.kind!r})"
 
 
+def parts_outside_units(module: nn.Module, units: set[nn.Module]) -> list[nn.Module]:
+    """The largest submodules of `module` that hold parameters but contain no unit (units are sharded already)."""
+
+    def has_own_params(m: nn.Module) -> bool:
+        return any(True for _ in m.parameters(recurse=False))
+
+    if has_own_params(module):
+        raise ValueError(f"{type(module).__name__} holds parameters itself; shard it as a root instead.")
+    parts = []
+    for child in module.children():
+        if child in units or not any(True for _ in child.parameters()):
+            continue
+        inner_units = any(m in units for m in child.modules())
+        parts.extend(parts_outside_units(child, units) if inner_units else [child])
+    return parts
+
+
 def apply_activation_checkpointing(modules: Iterable[nn.Module], root: nn.Module) -> None:
     """Recompute these modules' activations in the backward pass (PyTorch's non-reentrant checkpoint wrapper)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
@@ -77,8 +97,8 @@ def apply_activation_checkpointing(modules: Iterable[nn.Module], root: nn.Module
 
 def apply_fsdp2(backbone: nn.Module, mesh, *, activation_checkpointing: bool = True,
                 reshard_after_forward: bool = True, mp_policy=None) -> list[nn.Module]:
-    """`fully_shard` every wrap unit, then each shard root (denoiser, text-encoder models); returns the sharded
-    modules in the order they were sharded.
+    """`fully_shard` every wrap unit, then the text encoders' remaining parts, then each shard root (the
+    denoiser); returns the sharded modules in the order they were sharded.
 
     The autoencoder is frozen and called outside any forward (`encode`), so it stays replicated. Parameters of
     a text encoder that no output uses are inside their model's root group and are simply never gathered.
@@ -92,9 +112,14 @@ def apply_fsdp2(backbone: nn.Module, mesh, *, activation_checkpointing: bool = T
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
     sharded = []
-    for unit in unit_modules(backbone, "wrap"):
+    units = unit_modules(backbone, "wrap")
+    for unit in units:
         fully_shard(unit, **kwargs)
         sharded.append(unit)
+    for model in policy.shard_by_parts(backbone):
+        for part in parts_outside_units(model, set(units)):
+            fully_shard(part, **kwargs)
+            sharded.append(part)
     for root in policy.shard_roots(backbone):
         # the roots' parameters are needed again right after forward (output layers): keep them gathered
         fully_shard(root, **{**kwargs, "reshard_after_forward": False})

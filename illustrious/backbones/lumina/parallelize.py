@@ -1,8 +1,8 @@
-"""Lumina-2's sharding and activation-checkpointing units: every Next-DiT block (noise and context refiners
-and the main layers) and Gemma-2's decoder layers.
+"""Lumina-2's sharding units (every Next-DiT block: noise and context refiners and the main layers; Gemma-2's
+decoder layers) and activation-checkpointing units (the Next-DiT blocks).
 
 FSDP1 (`trainer=fsdp`) wraps and checkpoints these classes; FSDP2 (`trainer=fsdp2`) applies `fully_shard` to
-each unit, then to Gemma and to the Next-DiT as a whole (`illustrious.backbones.parallel.apply_fsdp2`).
+each unit, then to the rest of Gemma part by part and to the Next-DiT as a whole (`illustrious.backbones.parallel.apply_fsdp2`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ def blocks() -> tuple[type[nn.Module], ...]:
     return (Lumina2TransformerBlock, Gemma2DecoderLayer)
 
 
-def shard_roots(backbone: nn.Module) -> list[nn.Module]:
-    """Modules with their own forward call: the Gemma model, then the Next-DiT."""
-    return [backbone.text_encoders["gemma"].model, backbone.denoiser]
+def dit_blocks() -> tuple[type[nn.Module], ...]:
+    """Recomputed in backward: the Next-DiT's blocks. Gemma's activations (a few hundred tokens) are small beside
+    them, and PyTorch's checkpoint wrapper breaks Gemma-2's per-layer attention masks."""
+    from diffusers.models.transformers.transformer_lumina2 import Lumina2TransformerBlock
+
+    return (Lumina2TransformerBlock,)
 
 
-POLICY = ParallelPolicy(wrap_units=blocks, checkpoint_units=blocks, shard_roots=shard_roots)
+def text_models(backbone: nn.Module) -> list[nn.Module]:
+    return [backbone.text_encoders["gemma"].model]
+
+
+def denoiser(backbone: nn.Module) -> list[nn.Module]:
+    return [backbone.denoiser]
+
+
+POLICY = ParallelPolicy(wrap_units=blocks, checkpoint_units=dit_blocks, shard_roots=denoiser, shard_by_parts=text_models)
