@@ -30,7 +30,10 @@ def cluster_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem()))]
+PROBLEM = cluster_problem()
+if PROBLEM and os.environ.get("ILLUSTRIOUS_REQUIRE_SLURM") == "1":  # set by .ci/run, which starts the cluster
+    raise RuntimeError(f"SLURM cluster required but not usable: {PROBLEM}")
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))]
 
 # Jobs run where this checkout is, with this interpreter; no progress bars in SLURM logs.
 TINY = [*FAST, "callbacks.progress=null", "callbacks.checkpoint=null"]
