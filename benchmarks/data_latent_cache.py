@@ -22,8 +22,8 @@ from PIL import Image
 
 from benchmarks.common import machine, median
 from illustrious.backbones.pixel_autoencoder import PixelAutoencoder
-from illustrious.data.folder_datamodule import FolderDataModule
-from illustrious.data.latent_cache import LatentCacheWriter, cache_description, cache_key
+from illustrious.data.sources.folder_datamodule import FolderDataModule
+from illustrious.data.storage.latent_cache import LatentCacheWriter, cache_description, cache_key
 
 
 def folder_with_cache(root: Path, n: int, autoencoder) -> None:

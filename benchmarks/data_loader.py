@@ -28,8 +28,8 @@ import torch
 from PIL import Image, ImageOps
 
 from benchmarks.common import machine, median
-from illustrious.data.buckets import plan_crop
-from illustrious.data.folder_datamodule import FolderDataModule
+from illustrious.data.images.buckets import plan_crop
+from illustrious.data.sources.folder_datamodule import FolderDataModule
 
 SIZES = [(1216, 832), (832, 1216), (1024, 1024), (1500, 2000), (2000, 1500), (2480, 3508), (1920, 1080), (3000, 2000)]
 
@@ -77,7 +77,7 @@ SCENARIOS = {  # name -> bucket_megapixels
 
 
 def run(root: Path, bucket_megapixels, rounds: int, workers: int) -> dict[str, list[float]]:
-    dm = FolderDataModule(root=str(root), batch_size=4, num_workers=0, bucket_megapixels=bucket_megapixels)
+    dm = FolderDataModule.from_config(root=str(root), batch_size=4, num_workers=0, bucket_megapixels=bucket_megapixels)
     dm.check()
     dm.check_pixel_multiple(32)
     dm.setup()

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, median
-from illustrious.data.buckets import BucketSet
-from illustrious.data.manifest import rows_to_table, write_manifest
-from illustrious.data.sampler import BucketBatchSampler
-from illustrious.data.selection import select
-from illustrious.data.settings import ImageSettings
-from illustrious.data.sidecars import TAG_CATEGORIES
+from illustrious.data.images.buckets import BucketSet
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.manifest import rows_to_table, write_manifest
+from illustrious.data.index.selection import select
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.sampler import BucketBatchSampler
 
 SIZES = [(832, 1216), (1216, 832), (1024, 1024), (896, 1152), (1152, 896), (768, 1344), (2480, 3508), (3508, 2480),
          (1500, 2000), (2000, 1500), (1920, 1080), (1080, 1920), (600, 800), (4000, 6000), (700, 5000), (3000, 3000)]
@@ -70,7 +70,7 @@ def scan_starts(n: int, workers: int) -> tuple[float, float]:
     """Seconds for the first start (full scan) and the second (listing only) over `n` files."""
     from PIL import Image
 
-    from illustrious.data.manifest import load_or_scan
+    from illustrious.data.index.manifest import load_or_scan
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--scan-files", type=int, default=5000)
     parser.add_argument("--scan-workers", type=int, default=2)
     args = parser.parse_args()
-    from illustrious.data.manifest import read_manifest
+    from illustrious.data.index.manifest import read_manifest
 
     settings = ImageSettings(min_side=768, bucket_multiple=32)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """`python -m illustrious.cache_latents backbone=sdxl data=folder data.root=/data/anime data.latent_cache=/data/latents`
 
 Encodes every training image of a folder with the backbone's autoencoder, once, into safetensors shards
-under `<data.latent_cache>/<key>/` (see illustrious/data/latent_cache.py); training with the same
+under `<data.latent_cache>/<key>/` (see illustrious/data/storage/latent_cache.py); training with the same
 backbone and data settings plus `data.latent_cache=...` then reads latents instead of decoding and
 encoding images. Safe to interrupt: run it again and it encodes only what is missing. Images that fail
 to decode are skipped, counted and listed in `failed.json`.
@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from illustrious.config import CONF_DIR, instantiate
-from illustrious.data.batching import unit_pixels
-from illustrious.data.folder_dataset import FolderSamples
-from illustrious.data.images import ImageError
-from illustrious.data.latent_cache import LatentCache, LatentCacheWriter, cache_description, cache_key
+from illustrious.data.images.decode import ImageError
+from illustrious.data.loading.batching import unit_pixels
+from illustrious.data.sources.folder_dataset import FolderSamples
+from illustrious.data.storage.latent_cache import LatentCache, LatentCacheWriter, cache_description, cache_key
 from illustrious.errors import ConfigError
 
 log = logging.getLogger(__name__)

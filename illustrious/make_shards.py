@@ -20,7 +20,7 @@ from illustrious.errors import ConfigError
 
 def make_shards(cfg: DictConfig) -> dict:
     """The command as a plain function; returns the shard index."""
-    from illustrious.data.shard_writer import ENCODINGS, write_shards
+    from illustrious.data.storage.shard_writer import ENCODINGS, write_shards
 
     if not cfg.get("out"):
         raise ConfigError("Set out=/path/to/shards: the folder the shards and index.json go to.")

@@ -18,7 +18,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import CLIPTokenizer, GemmaTokenizer
 
 from illustrious.backbones.text_encoders import LUMINA_SYSTEM_PROMPT
-from illustrious.data.shapes import ShapesDataset, vocabulary
+from illustrious.data.sources.shapes import ShapesDataset, vocabulary
 
 OUT = Path(__file__).resolve().parents[1] / "illustrious" / "backbones" / "tokenizers"
 

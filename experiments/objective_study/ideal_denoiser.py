@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from illustrious.data.shapes import BACKGROUNDS, ShapesDataset
+from illustrious.data.sources.shapes import BACKGROUNDS, ShapesDataset
 from illustrious.eval.trajectory import luminance
 from illustrious.objectives import EpsilonObjective, FlowObjective, VPredictionObjective
 from illustrious.sampling.samplers import SAMPLERS

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from illustrious.config import CONF_DIR
-from illustrious.data.shapes import ShapesDataset
-from illustrious.data.shapes_datamodule import HELD_OUT_SEED_OFFSET
+from illustrious.data.sources.shapes import ShapesDataset
+from illustrious.data.sources.shapes_datamodule import HELD_OUT_SEED_OFFSET
 from illustrious.eval.composition import to_uint8
 from illustrious.eval.trajectory import TrajectoryRecorder, luminance
 from illustrious.sampling.grid import image_grid

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from illustrious.data.shapes import BACKGROUNDS, SHAPE_COLOURS, Layout, region
+from illustrious.data.sources.shapes import BACKGROUNDS, SHAPE_COLOURS, Layout, region
 
 _NAMES = [*SHAPE_COLOURS, *BACKGROUNDS]
 _PALETTE = np.array([*SHAPE_COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)

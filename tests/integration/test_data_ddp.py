@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import lightning as L
     import torch
-    from illustrious.data.folder_datamodule import FolderDataModule
+    from illustrious.data.sources.folder_datamodule import FolderDataModule
 
     class Probe(L.LightningModule):
         def __init__(self):
@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent("""
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
     if __name__ == "__main__":
-        dm = FolderDataModule(root=sys.argv[1], batch_size=2, num_workers=0, bucket_multiple=8, **json.loads(sys.argv[3]))
+        dm = FolderDataModule.from_config(root=sys.argv[1], batch_size=2, num_workers=0, bucket_multiple=8, **json.loads(sys.argv[3]))
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             use_distributed_sampler=True, default_root_dir=sys.argv[2])

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from illustrious.data.buckets import UPSCALE_TOLERANCE, BucketSet
-from illustrious.data.folder_datamodule import FolderDataModule
+from illustrious.data.images.buckets import UPSCALE_TOLERANCE, BucketSet
+from illustrious.data.sources.folder_datamodule import FolderDataModule
 from illustrious.errors import ConfigError
 from tests.unit.test_data_folder import SMALL, make_image_folder
 
@@ -69,12 +69,12 @@ def test_no_bucket_fits_is_a_config_error():
 
 def test_bucket_multiple_must_fit_the_backbone(tmp_path):
     make_image_folder(tmp_path / "data", n_good=4)
-    dm = FolderDataModule(root=str(tmp_path / "data"), **SMALL, bucket_multiple=12, num_workers=0)
+    dm = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, bucket_multiple=12, num_workers=0)
     with pytest.raises(ConfigError, match=r"data.bucket_multiple=12 .* pixel_multiple=8"):
         dm.check_pixel_multiple(8)
-    dm = FolderDataModule(root=str(tmp_path / "data"), **SMALL, bucket_multiple=16, num_workers=0)
+    dm = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, bucket_multiple=16, num_workers=0)
     dm.check_pixel_multiple(8)  # a multiple of the backbone's is fine
     assert all(w % 16 == 0 and h % 16 == 0 for w, h in dm.buckets.sizes)
-    dm = FolderDataModule(root=str(tmp_path / "data"), **SMALL, num_workers=0)
+    dm = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, num_workers=0)
     dm.check_pixel_multiple(4)  # null adopts the backbone's
     assert dm.settings.bucket_multiple == 4 and all(w % 4 == 0 and h % 4 == 0 for w, h in dm.buckets.sizes)

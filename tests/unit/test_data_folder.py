@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from illustrious.data import manifest as manifest_module
-from illustrious.data import scan as scan_module
-from illustrious.data.folder_datamodule import FolderDataModule
-from illustrious.data.manifest import load_or_scan, read_manifest, report_path
-from illustrious.data.report import ProblemReport
+from illustrious.data.index import manifest as manifest_module
+from illustrious.data.index import scan as scan_module
+from illustrious.data.index.manifest import load_or_scan, read_manifest, report_path
+from illustrious.data.index.report import ProblemReport
+from illustrious.data.sources.folder_datamodule import FolderDataModule
 from illustrious.errors import ConfigError
 
 # Settings that suit the small test images (the real defaults want 768 px and more); buckets around 32x32
@@ -221,7 +221,7 @@ def test_parallel_scan_matches_serial(tmp_path, monkeypatch):
 
 def test_datamodule_selects_and_reports(tmp_path):
     expected = make_image_folder(tmp_path / "data")
-    dm = FolderDataModule(root=str(tmp_path / "data"), **SMALL, batch_size=4, num_workers=0)
+    dm = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, batch_size=4, num_workers=0)
     dm.check()
     assert len(dm.selection) == expected["train"]
     assert dm.selection.dropped.counts() == expected["dropped"]

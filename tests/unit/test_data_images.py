@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from illustrious.data.buckets import plan_crop
-from illustrious.data.folder_dataset import load_pixels
-from illustrious.data.images import ImageError, decode, open_image, read_header, to_rgb
-from illustrious.data.settings import ImageSettings
+from illustrious.data.images.buckets import plan_crop
+from illustrious.data.images.decode import ImageError, decode, open_image, read_header, to_rgb
+from illustrious.data.images.preprocess import load_pixels
+from illustrious.data.images.settings import ImageSettings
 from illustrious.errors import ConfigError
 from tests.unit.test_data_folder import _orientation, encoded, picture
 
@@ -162,3 +162,26 @@ def test_settings_name_the_bad_key():
         ImageSettings(bucket_megapixels=(2.0, 1.0))
     with pytest.raises(ConfigError, match="data.bomb_megapixels"):
         ImageSettings(max_megapixels=10, bomb_megapixels=5)
+
+
+def test_folder_and_webdataset_share_one_image_settings_node(tmp_path):
+    from dataclasses import fields
+
+    from hydra import compose, initialize_config_dir
+
+    from illustrious.config import CONF_DIR, instantiate
+
+    overrides = {"folder": [f"data.root={tmp_path}"], "webdataset": [f"data.urls={tmp_path}"]}
+    for source, extra in overrides.items():
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"data={source}", "data.min_side=32", "data.crop=random",
+                                                           "data.bucket_megapixels=[0.001,0.004]", *extra])
+        assert {f.name for f in fields(ImageSettings)} <= set(cfg.data)  # the keys users type stay data.*
+        dm = instantiate(cfg.data)
+        assert dm.settings == ImageSettings(min_side=32, crop="random", bucket_megapixels=(0.001, 0.004))
+    from illustrious.data.sources.folder_datamodule import FolderDataModule
+
+    settings = ImageSettings(min_side=16, bucket_multiple=8)  # in Python: one settings object
+    assert FolderDataModule(root=str(tmp_path), images=settings).settings is settings
+    with pytest.raises(ConfigError, match="data.min_side"):
+        FolderDataModule.from_config(root=str(tmp_path), min_side=0)

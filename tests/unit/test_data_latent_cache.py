@@ -10,17 +10,17 @@ import torch
 
 from illustrious.backbones.pixel_autoencoder import PixelAutoencoder
 from illustrious.cache_latents import fill_cache
-from illustrious.data import latent_cache as cache_module
-from illustrious.data.batching import unit_pixels
-from illustrious.data.folder_datamodule import FolderDataModule, open_latent_cache
-from illustrious.data.latent_cache import LatentCache, cache_key
-from illustrious.data.settings import ImageSettings
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.loading.batching import unit_pixels
+from illustrious.data.sources.folder_datamodule import FolderDataModule
+from illustrious.data.storage import latent_cache as cache_module
+from illustrious.data.storage.latent_cache import LatentCache, cache_key, open_latent_cache
 from illustrious.errors import ConfigError
 from tests.unit.test_data_folder import SMALL, make_image_folder
 
 
 def datamodule(root, cache, **kw) -> FolderDataModule:
-    dm = FolderDataModule(root=str(root), **SMALL, latent_cache=str(cache), batch_size=4, num_workers=0, **kw)
+    dm = FolderDataModule.from_config(root=str(root), **SMALL, latent_cache=str(cache), batch_size=4, num_workers=0, **kw)
     cache.mkdir(exist_ok=True)
     dm.check()
     dm.check_pixel_multiple(4)
@@ -107,7 +107,7 @@ def test_training_reads_latents_and_leaves_out_failures(tmp_path):
     dm = datamodule(tmp_path / "data", tmp_path / "latents")
     ae = PixelAutoencoder(2)
     fill_cache(dm, SimpleNamespace(autoencoder=ae), batch_size=4, progress=False)
-    train = FolderDataModule(root=str(tmp_path / "data"), **SMALL, latent_cache=str(tmp_path / "latents"),
+    train = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, latent_cache=str(tmp_path / "latents"),
                              batch_size=4, num_workers=0)
     train.check()
     train.check_pixel_multiple(4)
@@ -128,10 +128,25 @@ def test_training_reads_latents_and_leaves_out_failures(tmp_path):
 def test_a_cache_for_another_autoencoder_is_stale(tmp_path):
     make_image_folder(tmp_path / "data", n_good=4)
     dm = datamodule(tmp_path / "data", tmp_path / "latents")
-    fill_cache(dm, SimpleNamespace(autoencoder=PixelAutoencoder(2)), progress=False)
+    ae = PixelAutoencoder(2)
+    fill_cache(dm, SimpleNamespace(autoencoder=ae), progress=False)
     with pytest.raises(ConfigError, match=r"stale for this run"):
         open_latent_cache(tmp_path / "latents", PixelAutoencoder(4), dm.settings)
-    assert open_latent_cache(tmp_path / "latents", PixelAutoencoder(2), dm.settings) is not None
+    # the matching autoencoder opens the cache made for it: every readable image, encoded by it (float16)
+    cache = open_latent_cache(tmp_path / "latents", PixelAutoencoder(2), dm.settings)
+    assert cache.folder == tmp_path / "latents" / cache_key(ae, dm.settings)
+    samples = dm.samples(latents=False)
+    paths = [samples.row(i)["path"] for i in range(len(samples))]
+    assert list(cache.failed) == ["broken/truncated.jpg"]
+    assert sorted(cache.index) == sorted(p for p in paths if p != "broken/truncated.jpg")
+    for i, path in enumerate(paths):
+        if path in cache.failed:
+            continue
+        sample = samples.load(i)
+        latent, sizes = cache.get(path)
+        expected = ae.encode(unit_pixels(torch.from_numpy(sample["pixels"])[None]))[0].to(torch.float16)
+        assert latent.dtype == torch.float16 and torch.equal(latent, expected)
+        assert sizes == (sample["original_size"], sample["crop_top_left"], sample["target_size"])
 
 
 def test_new_images_must_be_cached_before_training(tmp_path):
@@ -143,7 +158,7 @@ def test_new_images_must_be_cached_before_training(tmp_path):
 
     (tmp_path / "data" / "new.png").write_bytes(encoded(picture(64, 64), "PNG"))
     (tmp_path / "data" / "new.txt").write_text("added after caching")
-    train = FolderDataModule(root=str(tmp_path / "data"), **SMALL, latent_cache=str(tmp_path / "latents"),
+    train = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, latent_cache=str(tmp_path / "latents"),
                              num_workers=0)
     train.check()
     train.check_pixel_multiple(4)
@@ -155,4 +170,4 @@ def test_new_images_must_be_cached_before_training(tmp_path):
 
 def test_random_crop_and_a_cache_do_not_mix(tmp_path):
     with pytest.raises(ConfigError, match="data.crop=random"):
-        FolderDataModule(root=str(tmp_path), latent_cache=str(tmp_path), crop="random")
+        FolderDataModule.from_config(root=str(tmp_path), latent_cache=str(tmp_path), crop="random")

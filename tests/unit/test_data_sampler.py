@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch.utils.data.distributed import DistributedSampler
 
-from illustrious.data.sampler import BucketBatchSampler
+from illustrious.data.loading.sampler import BucketBatchSampler
 
 # 7 buckets of uneven sizes, some smaller than a batch
 BUCKETS = np.repeat(np.arange(7), [37, 1, 12, 5, 64, 3, 20])

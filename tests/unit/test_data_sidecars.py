@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from illustrious.data.batching import SKIPPED_KEY, Collate, LoadedBatch, to_float
-from illustrious.data.folder_dataset import caption_variants
-from illustrious.data.sidecars import SidecarError, normalise, read_caption, read_metadata, tags_caption
+from illustrious.data.index.labels import caption_variants
+from illustrious.data.index.sidecars import SidecarError, normalise, read_caption, read_metadata, tags_caption
+from illustrious.data.loading.batching import SKIPPED_KEY, Collate, LoadedBatch, to_float
 
 
 def test_danbooru_post():
@@ -76,3 +76,45 @@ def test_collate_makes_float_pixels_and_carries_skips():
     assert torch.equal(to_float(deferred)["pixels"], batch["pixels"])
     half = [{"latents": torch.ones(4, 2, 2, dtype=torch.float16), "captions": ""}]
     assert Collate()(half)["latents"].dtype == torch.float32
+
+
+def test_one_caption_rule_for_scan_selection_and_stream():
+    import pyarrow as pa
+
+    from illustrious.data.index.labels import has_caption, has_caption_rows
+    from illustrious.data.index.manifest import rows_to_table
+    from illustrious.data.index.sidecars import TAG_CATEGORIES
+
+    cases = [  # (caption, tags) -> has a caption
+        ("a girl", {}, True),
+        ("   ", {}, False),  # whitespace is no caption
+        (None, {"general": ["1girl"]}, True),
+        (None, {"character": ["hatsune_miku"]}, True),
+        (None, {"meta": ["absurdres"]}, False),  # meta tags are not prompts
+        ("", {"general": []}, False),
+        (None, {}, False),
+    ]
+    for caption, tags, expected in cases:
+        assert has_caption(caption, tags) is expected, (caption, tags)
+    rows = [{"path": f"{i}.png", "caption": caption, **{f"tags_{c}": tags.get(c, []) for c in TAG_CATEGORIES}}
+            for i, (caption, tags, _) in enumerate(cases)]
+    table = rows_to_table(rows)
+    assert isinstance(table, pa.Table)
+    assert has_caption_rows(table).tolist() == [expected for _, _, expected in cases]  # the same rule, vectorised
+
+
+def test_every_source_builds_the_same_sample_record():
+    from illustrious.data.loading.sample import sample_record
+    from illustrious.data.sources.shapes import ShapesDataset
+
+    record = sample_record({"tags": "a"}, ((10, 20), (1, 2), (8, 16)), pixels=np.zeros((3, 8, 16), np.uint8),
+                           path="x.png")
+    assert record["original_size"] == (10, 20) and record["crop_top_left"] == (1, 2)
+    assert record["target_size"] == (8, 16) and record["path"] == "x.png" and "latents" not in record
+    with pytest.raises(ValueError, match="exactly one"):
+        sample_record("a", ((1, 1), (0, 0), (1, 1)))
+    shapes = ShapesDataset(length=2, width=16, height=24)[0]
+    assert set(shapes) == {"pixels", "captions", "layout", "original_size", "crop_top_left", "target_size"}
+    assert shapes["original_size"] == shapes["target_size"] == (24, 16) and shapes["crop_top_left"] == (0, 0)
+    collated = Collate()([shapes, ShapesDataset(length=2, width=16, height=24)[1]])
+    assert collated["pixels"].shape == (2, 3, 24, 16) and collated["target_size"].tolist() == [[24, 16]] * 2

@@ -8,18 +8,18 @@ import tarfile
 import pytest
 import torch
 
-from illustrious.data.batching import SKIPPED_KEY
-from illustrious.data.folder_datamodule import FolderDataModule
-from illustrious.data.shard_writer import write_shards
-from illustrious.data.webdataset_datamodule import WebDataModule
-from illustrious.data.webdataset_stream import BucketBatcher, stream
+from illustrious.data.loading.batching import SKIPPED_KEY
+from illustrious.data.sources.folder_datamodule import FolderDataModule
+from illustrious.data.sources.webdataset_datamodule import WebDataModule
+from illustrious.data.sources.webdataset_stream import BucketBatcher, stream
+from illustrious.data.storage.shard_writer import write_shards
 from illustrious.errors import ConfigError
 from tests.unit.test_data_folder import SMALL, make_image_folder
 
 
 def folder(tmp_path, n_good=12) -> FolderDataModule:
     make_image_folder(tmp_path / "data", n_good=n_good)
-    dm = FolderDataModule(root=str(tmp_path / "data"), **SMALL, num_workers=0)
+    dm = FolderDataModule.from_config(root=str(tmp_path / "data"), **SMALL, num_workers=0)
     dm.check()
     return dm
 
@@ -31,7 +31,7 @@ def shards(tmp_path, shard_size=5, encoding="original", n_good=12) -> tuple[Fold
 
 
 def web(tmp_path, **kw) -> WebDataModule:
-    dm = WebDataModule(urls=str(tmp_path / "shards"), **SMALL, **{"batch_size": 4, "num_workers": 0, **kw})
+    dm = WebDataModule.from_config(urls=str(tmp_path / "shards"), **SMALL, **{"batch_size": 4, "num_workers": 0, **kw})
     dm.check()
     dm.check_pixel_multiple(8)
     return dm

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from illustrious.data.shapes import BACKGROUNDS, POSITIONS, SHAPE_COLOURS, SHAPES, Layout, ShapesDataset
+from illustrious.data.sources.shapes import (
+    BACKGROUNDS,
+    POSITIONS,
+    SHAPE_COLOURS,
+    SHAPES,
+    Layout,
+    ShapesDataset,
+)
 from illustrious.eval.composition import chance_accuracy, composition_accuracy, shapes_placed, to_uint8
 
 

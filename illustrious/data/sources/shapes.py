@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from illustrious.data.loading.sample import sample_record
+
 # Saturated, mutually distant colours for shapes; neutral colours for backgrounds.
 SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 30, 30),
@@ -140,14 +142,9 @@ class ShapesDataset:
         layout = random_layout(rng, self.max_shapes)
         image = draw(layout, self.width, self.height, rng)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-        return {
-            "pixels": pixels,
-            "captions": {"tags": layout.tags(), "sentence": layout.sentence()},
-            "layout": layout.to_dict(),
-            "original_size": (self.height, self.width),
-            "crop_top_left": (0, 0),
-            "target_size": (self.height, self.width),
-        }
+        size = (self.height, self.width)
+        return sample_record({"tags": layout.tags(), "sentence": layout.sentence()}, (size, (0, 0), size),
+                             pixels=pixels, layout=layout.to_dict())
 
 
 def vocabulary() -> list[str]:

@@ -14,30 +14,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from illustrious.data.batching import LoadedBatch
-from illustrious.data.buckets import plan_crop
-from illustrious.data.images import ImageError, crop_to_bucket, decode, open_image, upright_size
-from illustrious.data.latent_cache import LatentCache, stamp
-from illustrious.data.settings import ImageSettings
-from illustrious.data.sidecars import TAG_CATEGORIES, tags_caption
+from illustrious.data.images.decode import ImageError
+from illustrious.data.images.preprocess import load_pixels, to_pixels
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.labels import caption_variants
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.batching import LoadedBatch
+from illustrious.data.loading.sample import sample_record
+from illustrious.data.storage.latent_cache import LatentCache, stamp
 
 MAX_REPLACEMENTS = 16  # tries per failed sample before the bucket is declared unusable
-
-
-def to_pixels(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) -> (3, H, W) uint8; `Collate` makes the batch's floats in [-1, 1] in one pass."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
-
-
-def caption_variants(caption: str | None, tags: dict[str, list[str]], txt_style: str) -> dict[str, str] | str:
-    """What the caption pipeline chooses from: the tag prompt and the written caption, under their styles."""
-    variants = {}
-    tag_prompt = tags_caption(tags)
-    if tag_prompt:
-        variants["tags"] = tag_prompt
-    if caption:
-        variants[txt_style] = caption  # an explicit caption wins over tags under the same style
-    return variants or ""
 
 
 class FolderSamples:
@@ -58,36 +44,21 @@ class FolderSamples:
     def load(self, index: int, rng: random.Random | None = None) -> dict:
         row = self.row(index)
         tags = {c: row[f"tags_{c}"] or [] for c in TAG_CATEGORIES}
-        sample = {"captions": caption_variants(row["caption"], tags, self.txt_style), "path": row["path"],
-                  "tags": tags, "rating": row["rating"], "score": row["score"], "created": row["created"]}
+        image = {}
         if self.latents is not None:
-            latent, (original, crop, target) = self.latents.get(row["path"])
-            sample["latents"] = latent
+            image["latents"], sizes = self.latents.get(row["path"])
         else:
             bucket_w, bucket_h = (int(v) for v in self.bucket_sizes[index])
-            pixels, (original, crop, target) = load_pixels(self.root / row["path"], row["orientation"],
-                                                           bucket_w, bucket_h, self.settings, rng)
-            sample["pixels"] = to_pixels(pixels)
-        sample.update(original_size=tuple(original), crop_top_left=tuple(crop), target_size=tuple(target))
-        return sample
+            pixels, sizes = load_pixels(self.root / row["path"], row["orientation"], bucket_w, bucket_h,
+                                        self.settings, rng)
+            image["pixels"] = to_pixels(pixels)
+        return sample_record(caption_variants(row["caption"], tags, self.txt_style), sizes, **image,
+                             path=row["path"], tags=tags, rating=row["rating"], score=row["score"],
+                             created=row["created"])
 
     def file_stamp(self, index: int) -> str:
         row = self.table.slice(index, 1).select(["file_size", "mtime_ns"]).to_pylist()[0]
         return stamp(row["file_size"], row["mtime_ns"])
-
-
-def load_pixels(source, orientation: int, bucket_w: int, bucket_h: int, settings: ImageSettings,
-                rng: random.Random | None = None):
-    """Decode, orient, convert, resize and crop one image to its bucket; returns (H, W, 3) uint8 and the
-    SDXL sizes (original_size, crop_top_left, target_size) as (h, w) / (top, left) pairs."""
-    image = open_image(source, settings.bomb_pixels)
-    with image:
-        width, height = upright_size(image, orientation)
-        plan = plan_crop(width, height, bucket_w, bucket_h, settings.crop, rng)
-        upright = decode(image, orientation, at_least=(plan.resize_width, plan.resize_height))
-        pixels = crop_to_bucket(upright, plan)
-    sizes = (settings.original_size(width, height), (plan.top, plan.left), (bucket_h, bucket_w))
-    return pixels, sizes
 
 
 class BucketBatches:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import webdataset as wds
 
-from illustrious.data.images import ImageError, decode, open_image
-from illustrious.data.report import ProblemReport, write_json_atomic
-from illustrious.data.settings import ImageSettings
-from illustrious.data.sidecars import TAG_CATEGORIES
+from illustrious.data.images.decode import ImageError, decode, open_image
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.report import ProblemReport
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.utils.files import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,8 @@ def write_shards(root: Path, table, out: Path, settings: ImageSettings, *, shard
 
 def _write_one(root: Path, chunk, path: Path, first_key: int, settings: ImageSettings, encoding: str,
                quality: int, problems: ProblemReport) -> int:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    with wds.TarWriter(str(tmp)) as sink:
+    with atomic_path(path) as tmp, wds.TarWriter(str(tmp)) as sink:
         for offset, row in enumerate(chunk.to_pylist()):
             source = root / row["path"]
             try:
@@ -114,7 +113,6 @@ def _write_one(root: Path, chunk, path: Path, first_key: int, settings: ImageSet
             sink.write({"__key__": f"{first_key + offset:09d}", ext: data,
                         "json": json.dumps(meta, ensure_ascii=False).encode()})
             count += 1
-    os.replace(tmp, path)
     return count
 
 
@@ -128,5 +126,5 @@ def _read_index(out: Path) -> dict:
 def _write_index(out: Path, shards: list[dict], settings: ImageSettings, encoding: str) -> dict:
     index = {"shards": shards, "total": sum(s["count"] for s in shards), "encoding": encoding,
              "max_megapixels": settings.max_megapixels}
-    write_json_atomic(out / INDEX, index)
+    atomic_write_json(out / INDEX, index)
     return index

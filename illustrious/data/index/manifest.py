@@ -5,7 +5,7 @@ rating, score, date, file size and time) and, in its schema metadata, the listin
 the folder is listed (cheap) and compared with the signature: unchanged means the manifest is used as
 is; changed means only new or modified files are read again (rows of unchanged files are reused);
 `rescan=True` reads everything. Only the first process of a distributed job scans; the others wait for
-the manifest and read it. Writes are atomic (temporary file, then rename).
+the manifest and read it. Writes are atomic (illustrious.utils.files).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from illustrious.data.report import ProblemReport
-from illustrious.data.scan import FileSet, list_folder, read_entries, signature
-from illustrious.data.sidecars import TAG_CATEGORIES
+from illustrious.data.index.report import ProblemReport
+from illustrious.data.index.scan import FileSet, list_folder, read_entries, signature
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.utils.files import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,7 @@ def write_manifest(path: Path, table: pa.Table, listing_signature: str, root: Pa
     table = table.replace_schema_metadata({"illustrious.signature": listing_signature,
                                            "illustrious.version": FORMAT_VERSION,
                                            "illustrious.root": str(root)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     return Manifest(table, listing_signature)
 
 

@@ -1,4 +1,4 @@
-"""What the folder and WebDataset data modules share: settings, buckets, the backbone's pixel multiple,
+"""What the folder and WebDataset data modules share: preprocessing settings (one `ImageSettings`), buckets, the backbone's pixel multiple,
 and counting samples that failed to load (taken out of each batch before it reaches the model)."""
 
 from __future__ import annotations
@@ -8,20 +8,21 @@ from pathlib import Path
 
 import lightning as L
 
-from illustrious.data.batching import SKIPPED_KEY, Collate, to_float
-from illustrious.data.buckets import BucketSet
 from illustrious.data.captions import CaptionPipeline
-from illustrious.data.report import ProblemReport
-from illustrious.data.settings import ImageSettings
+from illustrious.data.images.buckets import BucketSet
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.report import ProblemReport
+from illustrious.data.loading.batching import SKIPPED_KEY, Collate, to_float
 from illustrious.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 class BucketedDataModule(L.LightningDataModule):
-    def __init__(self, settings: ImageSettings, batch_size: int, num_workers: int, seed: int,
+    def __init__(self, images: ImageSettings | None, batch_size: int, num_workers: int, seed: int,
                  captions: CaptionPipeline | None):
         super().__init__()
+        settings = images if images is not None else ImageSettings()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: must be >= 1.")
         if num_workers < 0:
@@ -31,6 +32,13 @@ class BucketedDataModule(L.LightningDataModule):
         self.buckets: BucketSet | None = None
         self.skipped = ProblemReport()  # samples that failed to load during training, on this rank
         self._skipped_paths: set[str] = set()
+
+    @classmethod
+    def from_config(cls, **keys):
+        """Hydra's `_target_`: the flat `data.*` keys, the preprocessing ones (conf/data/images/default.yaml,
+        shared by every source) gathered into one `ImageSettings`, so users keep typing `data.min_side=...`."""
+        images, rest = ImageSettings.split(keys)
+        return cls(images=images, **rest)
 
     # -- buckets ------------------------------------------------------------------------------------------
     def check_pixel_multiple(self, multiple: int) -> None:

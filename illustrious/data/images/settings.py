@@ -1,14 +1,15 @@
 """Preprocessing and bucket settings shared by every real-image source (folder, WebDataset, latent cache).
 
-The values are the flat `data.*` keys of `conf/data/folder.yaml` and `conf/data/webdataset.yaml`; they are
-checked here, when the data module is built, so a bad value stops the run before any work starts and the
+The values are the flat `data.*` keys of `conf/data/images/default.yaml`, which `conf/data/folder.yaml` and
+`conf/data/webdataset.yaml` both compose (`BucketedDataModule.from_config` gathers them); they are checked here, when the data module is built, so a bad value stops the run before any work starts and the
 message names the key.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 from illustrious.errors import ConfigError
 
@@ -51,6 +52,13 @@ class ImageSettings:
                               "backbone's pixel_multiple.")
         if self.crop not in CROP_MODES:
             raise ConfigError(f"data.crop={self.crop!r}: must be one of {', '.join(CROP_MODES)}.")
+
+    @classmethod
+    def split(cls, keys: Mapping) -> tuple[ImageSettings, dict]:
+        """(the settings named in `keys`, the other keys): flat config keys -> one settings object."""
+        names = {f.name for f in fields(cls)}
+        mine = {k: v for k, v in keys.items() if k in names}
+        return cls(**mine), {k: v for k, v in keys.items() if k not in names}
 
     @property
     def max_pixels(self) -> int:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from illustrious.data.captions import CaptionPipeline
+from illustrious.data.loading.sample import SIZE_KEYS
 
-SIZE_KEYS = ("original_size", "crop_top_left", "target_size")
 SKIPPED_KEY = "skipped"  # batch-level: [(path, reason)] of samples replaced because they failed to load
 
 
@@ -37,7 +37,8 @@ class LoadedBatch:
 
 
 class Collate:
-    """Builds the batch format every module reads: `pixels` (or `latents`), `captions`, micro-conditioning.
+    """Builds the batch format every module reads from sample records (loading/sample.py): `pixels` (or
+    `latents`), `captions`, micro-conditioning.
 
     A sample's `pixels` are (3, H, W) floats in [-1, 1] or uint8 in [0, 255], its `latents` any float dtype;
     the batch's are float32 (with `defer_float=True` they stay compact and whoever moves the batch to the

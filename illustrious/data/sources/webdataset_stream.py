@@ -20,12 +20,14 @@ from itertools import islice
 import numpy as np
 import webdataset as wds
 
-from illustrious.data.batching import Collate, LoadedBatch
-from illustrious.data.buckets import BucketSet
-from illustrious.data.folder_dataset import caption_variants, load_pixels, to_pixels
-from illustrious.data.images import ImageError, image_extensions, read_header
-from illustrious.data.settings import ImageSettings
-from illustrious.data.sidecars import CAPTION_CATEGORIES, TAG_CATEGORIES
+from illustrious.data.images.buckets import BucketSet
+from illustrious.data.images.decode import ImageError, image_extensions, read_header
+from illustrious.data.images.preprocess import load_pixels, to_pixels
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.labels import caption_variants, has_caption
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.batching import Collate, LoadedBatch
+from illustrious.data.loading.sample import sample_record
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = frozenset(ext.lstrip(".") for ext in image_extensions())
@@ -117,7 +119,7 @@ class BucketBatcher:
             return None
         if self.settings.keeps(w, h) is not None:
             return None  # filtered by the preprocessing settings, as the folder source does
-        if self.require_caption and not (meta.get("caption") or any(tags[c] for c in CAPTION_CATEGORIES)):
+        if self.require_caption and not has_caption(meta.get("caption"), tags):
             return None
         return meta, data
 
@@ -126,16 +128,16 @@ class BucketBatcher:
         samples = []
         for meta, data in group:
             try:
-                pixels, (original, crop, target) = load_pixels(data, int(meta.get("orientation") or 1), bucket_w,
-                                                               bucket_h, self.settings)
+                pixels, sizes = load_pixels(data, int(meta.get("orientation") or 1), bucket_w, bucket_h,
+                                            self.settings)
             except (ImageError, OSError) as e:
                 reason = f"{e.reason}: {e.detail}" if isinstance(e, ImageError) else f"unreadable_image: {e}"
                 skipped.append((meta["path"], reason))
                 continue
-            samples.append({"pixels": to_pixels(pixels), "path": meta["path"], "tags": meta["tags"],
-                            "captions": caption_variants(meta.get("caption"), meta["tags"], self.txt_style),
-                            "rating": meta.get("rating"), "score": meta.get("score"), "created": meta.get("created"),
-                            "original_size": original, "crop_top_left": crop, "target_size": target})
+            samples.append(sample_record(caption_variants(meta.get("caption"), meta["tags"], self.txt_style), sizes,
+                                         pixels=to_pixels(pixels), path=meta["path"], tags=meta["tags"],
+                                         rating=meta.get("rating"), score=meta.get("score"),
+                                         created=meta.get("created")))
         if not samples:
             return None  # nothing in this group decodes; the stream goes on
         decoded = len(samples)

@@ -15,15 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from illustrious.data.report import write_json_atomic
-from illustrious.data.settings import ImageSettings
+from illustrious.data.images.settings import ImageSettings
+from illustrious.errors import ConfigError
+from illustrious.utils.files import atomic_save, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,20 @@ class LatentCache:
         return {**self.__dict__, "_handles": {}}
 
 
+def open_latent_cache(root: Path, autoencoder: torch.nn.Module, settings: ImageSettings) -> LatentCache:
+    """The cache under `root` made for this autoencoder and these settings, or a clear error."""
+    key = cache_key(autoencoder, settings)
+    folder = Path(root) / key
+    if not (folder / "meta.json").is_file():
+        others = sorted(p.name for p in Path(root).iterdir() if (p / "meta.json").is_file())
+        hint = (f" It holds caches for other autoencoders or preprocessing settings ({', '.join(others)}): they are "
+                "stale for this run.") if others else ""
+        raise ConfigError(f"No latent cache for this autoencoder and data settings (key {key}) in "
+                          f"data.latent_cache={root}.{hint} Run python -m illustrious.cache_latents with this "
+                          "run's backbone and data settings.")
+    return LatentCache(folder)
+
+
 class LatentCacheWriter:
     """Write side: buffer latents and flush full shards atomically."""
 
@@ -112,7 +126,7 @@ class LatentCacheWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "meta.json").is_file():
-            write_json_atomic(self.folder / "meta.json", meta)
+            atomic_write_json(self.folder / "meta.json", meta)
         existing = sorted(self.folder.glob(SHARD_GLOB))
         self.next_shard = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
         failed_file = self.folder / "failed.json"
@@ -135,10 +149,9 @@ class LatentCacheWriter:
     def flush(self) -> None:
         if self._tensors:
             final = self.folder / f"shard-{self.next_shard:06d}.safetensors"
-            tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-            save_file(self._tensors, tmp, metadata={ENTRIES_KEY: json.dumps(self._entries)})
-            os.replace(tmp, final)
+            metadata = {ENTRIES_KEY: json.dumps(self._entries)}
+            atomic_save(final, lambda tmp: save_file(self._tensors, tmp, metadata=metadata))
             self.next_shard += 1
             self.written += len(self._tensors)
             self._tensors, self._entries = {}, {}
-        write_json_atomic(self.folder / "failed.json", self.failed)
+        atomic_write_json(self.folder / "failed.json", self.failed)

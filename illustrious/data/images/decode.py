@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageFile
 
-from illustrious.data.buckets import CropPlan
+from illustrious.data.images.buckets import CropPlan
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (as PIL.ImageOps.exif_transpose does).

@@ -2,7 +2,7 @@
 
 Shards are split across ranks (rank and world size from the trainer) and DataLoader workers, or, with
 `resampled=true`, drawn at random by each of them; samples are bucketed per sample with a buffer (see
-webdataset_stream.py) into the same batch format as `data=folder`. Every rank yields the same number of
+sources/webdataset_stream.py) into the same batch format as `data=folder`. Every rank yields the same number of
 batches per epoch (from `index.json`'s sample count, or `batches_per_epoch`), so DDP never waits on a
 rank that ran dry. A streamed epoch resumes from its start, not from the exact batch.
 """
@@ -18,13 +18,13 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from illustrious.data.bucketed_datamodule import BucketedDataModule
 from illustrious.data.captions import CaptionPipeline
-from illustrious.data.folder_dataset import caption_variants
-from illustrious.data.settings import ImageSettings
-from illustrious.data.shard_writer import INDEX
-from illustrious.data.sidecars import TAG_CATEGORIES
-from illustrious.data.webdataset_stream import BucketBatcher, per_worker, stream
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.labels import caption_variants
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
+from illustrious.data.sources.webdataset_stream import BucketBatcher, per_worker, stream
+from illustrious.data.storage.shard_writer import INDEX
 from illustrious.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,10 @@ class EpochStream(IterableDataset):
 class WebDataModule(BucketedDataModule):
     def __init__(self, urls: str | list[str] | None = None, batches_per_epoch: int | None = None,
                  resampled: bool = False, shuffle_buffer: int = 1000, bucket_buffer: int = 512,
-                 require_caption: bool = True, txt_style: str = "tags", min_side: int = 768, max_aspect: float = 10.0,
-                 max_megapixels: float = 4.0, bomb_megapixels: float = 178.0, bucket_megapixels=(0.15, 2.25),
-                 bucket_step: int = 128, bucket_multiple: int | None = None, crop: str = "center",
+                 require_caption: bool = True, txt_style: str = "tags", images: ImageSettings | None = None,
                  drop_last: bool = False, batch_size: int = 8, num_workers: int = 4, seed: int = 0,
                  captions: CaptionPipeline | None = None):
-        settings = ImageSettings(min_side=min_side, max_aspect=max_aspect, max_megapixels=max_megapixels,
-                                 bomb_megapixels=bomb_megapixels, bucket_megapixels=tuple(bucket_megapixels),
-                                 bucket_step=bucket_step, bucket_multiple=bucket_multiple, crop=crop)
-        super().__init__(settings, batch_size, num_workers, seed, captions)
+        super().__init__(images, batch_size, num_workers, seed, captions)
         if not urls:
             raise ConfigError("data.urls is not set: give the shard folder (with index.json, from make_shards), a "
                               "brace pattern like /data/shards/shard-{000000..000099}.tar, or a list of URLs.")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from illustrious.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,10 @@ class ProblemReport:
                 "problems": {k: [{"path": p, "detail": d} for p, d in v] for k, v in sorted(self.problems.items())}}
 
     def write(self, path: Path, **extra) -> None:
-        write_json_atomic(path, self.to_json(**extra))
+        atomic_write_json(path, self.to_json(**extra))
 
     @staticmethod
     def read(path: Path) -> ProblemReport:
         data = json.loads(Path(path).read_text())
         return ProblemReport({k: [(e["path"], e["detail"]) for e in v] for k, v in data.get("problems", {}).items()})
 
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file and rename: a reader (another rank) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)

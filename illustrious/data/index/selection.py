@@ -1,4 +1,4 @@
-"""Which manifest rows train: the preprocessing filters (size, aspect ratio, bombs) and the caption rule.
+"""Which manifest rows train: the preprocessing filters (size, aspect ratio, bombs) and the caption rule (index/labels.py).
 
 Filters run on the manifest's columns, vectorised, so changing `data.min_side` never needs a rescan.
 """
@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from illustrious.data.manifest import Manifest
-from illustrious.data.report import ProblemReport
-from illustrious.data.settings import ImageSettings
-from illustrious.data.sidecars import CAPTION_CATEGORIES
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.labels import has_caption_rows
+from illustrious.data.index.manifest import Manifest
+from illustrious.data.index.report import ProblemReport
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +28,6 @@ class Selection:
         return self.table.num_rows
 
 
-def has_caption(table: pa.Table) -> np.ndarray:
-    ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(table.column("caption"))), 0), False)
-    for category in CAPTION_CATEGORIES:
-        ok = pc.or_(ok, pc.fill_null(pc.greater(pc.list_value_length(table.column(f"tags_{category}")), 0), False))
-    return ok.to_numpy(zero_copy_only=False)
-
-
 def select(manifest: Manifest, settings: ImageSettings, require_caption: bool = True) -> Selection:
     table = manifest.table
     w = manifest.column("width").astype(np.int64)
@@ -47,7 +39,7 @@ def select(manifest: Manifest, settings: ImageSettings, require_caption: bool = 
         ("too_elongated", long > settings.max_aspect * short),
     ]
     if require_caption:
-        reasons.append(("missing_caption", ~has_caption(table)))
+        reasons.append(("missing_caption", ~has_caption_rows(table)))
     keep = np.ones(len(w), dtype=bool)
     dropped = ProblemReport()
     for reason, hit in reasons:

@@ -18,8 +18,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from illustrious.data.images import ImageError, image_extensions, read_header
-from illustrious.data.sidecars import TAG_CATEGORIES, Metadata, SidecarError, read_caption, read_metadata
+from illustrious.data.images.decode import ImageError, image_extensions, read_header
+from illustrious.data.index.labels import has_caption
+from illustrious.data.index.sidecars import (
+    TAG_CATEGORIES,
+    Metadata,
+    SidecarError,
+    read_caption,
+    read_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +121,7 @@ def read_entry(root: Path, files: FileSet) -> tuple[dict | None, list[Problem]]:
         except SidecarError as e:
             problems.append((e.reason, files.json, e.detail))
     caption = caption or meta.caption
-    if not caption and not any(meta.tags[c] for c in TAG_CATEGORIES if c != "meta"):
+    if not has_caption(caption, meta.tags):
         problems.append(("missing_caption", files.path, "no .txt caption and no tags in a .json sidecar"))
     row = {
         "path": files.path, "width": header.width, "height": header.height, "orientation": header.orientation,

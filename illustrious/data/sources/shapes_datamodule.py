@@ -5,9 +5,9 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
-from illustrious.data.batching import Collate
 from illustrious.data.captions import CaptionPipeline
-from illustrious.data.shapes import Layout, ShapesDataset
+from illustrious.data.loading.batching import Collate
+from illustrious.data.sources.shapes import Layout, ShapesDataset
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts come from a disjoint stream of layouts
 

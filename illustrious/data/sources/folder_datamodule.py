@@ -20,16 +20,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from illustrious.data.bucketed_datamodule import BucketedDataModule
 from illustrious.data.captions import CaptionPipeline
-from illustrious.data.folder_dataset import BucketBatches, FolderSamples, caption_variants
-from illustrious.data.latent_cache import LatentCache, cache_key, stamp
-from illustrious.data.manifest import Manifest, default_location, load_or_scan, read_manifest, report_path
-from illustrious.data.report import ProblemReport
-from illustrious.data.sampler import BucketBatchSampler
-from illustrious.data.selection import Selection, select
-from illustrious.data.settings import ImageSettings
-from illustrious.data.sidecars import TAG_CATEGORIES
+from illustrious.data.images.settings import ImageSettings
+from illustrious.data.index.labels import caption_variants
+from illustrious.data.index.manifest import (
+    Manifest,
+    default_location,
+    load_or_scan,
+    read_manifest,
+    report_path,
+)
+from illustrious.data.index.report import ProblemReport
+from illustrious.data.index.selection import Selection, select
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.sampler import BucketBatchSampler
+from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
+from illustrious.data.sources.folder_dataset import BucketBatches, FolderSamples
+from illustrious.data.storage.latent_cache import LatentCache, open_latent_cache, stamp
 from illustrious.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,15 +47,9 @@ TXT_STYLES = ("tags", "sentence")
 class FolderDataModule(BucketedDataModule):
     def __init__(self, root: str | None = None, manifest: str | None = None, rescan: bool = False,
                  scan_workers: int = 8, require_caption: bool = True, txt_style: str = "tags",
-                 min_side: int = 768, max_aspect: float = 10.0, max_megapixels: float = 4.0,
-                 bomb_megapixels: float = 178.0, bucket_megapixels=(0.15, 2.25), bucket_step: int = 128,
-                 bucket_multiple: int | None = None, crop: str = "center", drop_last: bool = False,
-                 latent_cache: str | None = None, batch_size: int = 8, num_workers: int = 4, seed: int = 0,
-                 captions: CaptionPipeline | None = None):
-        settings = ImageSettings(min_side=min_side, max_aspect=max_aspect, max_megapixels=max_megapixels,
-                                 bomb_megapixels=bomb_megapixels, bucket_megapixels=tuple(bucket_megapixels),
-                                 bucket_step=bucket_step, bucket_multiple=bucket_multiple, crop=crop)
-        super().__init__(settings, batch_size, num_workers, seed, captions)
+                 images: ImageSettings | None = None, drop_last: bool = False, latent_cache: str | None = None,
+                 batch_size: int = 8, num_workers: int = 4, seed: int = 0, captions: CaptionPipeline | None = None):
+        super().__init__(images, batch_size, num_workers, seed, captions)
         if root is None or str(root).strip() == "":
             raise ConfigError("data.root is not set: point it at your image folder, e.g. data.root=/data/anime")
         if txt_style not in TXT_STYLES:
@@ -56,7 +57,7 @@ class FolderDataModule(BucketedDataModule):
                               "style a .txt holds: comma-separated tags, or a sentence).")
         if scan_workers < 1:
             raise ConfigError(f"data.scan_workers={scan_workers}: must be >= 1.")
-        if latent_cache and crop == "random":
+        if latent_cache and self.settings.crop == "random":
             raise ConfigError("data.crop=random cannot be used with data.latent_cache: a cached latent holds one "
                               "crop. Set data.crop=center (or train from pixels without the cache).")
         self.root = Path(root).expanduser()
@@ -227,16 +228,3 @@ class FolderDataModule(BucketedDataModule):
                 break
         return prompts
 
-
-def open_latent_cache(root: Path, autoencoder, settings: ImageSettings) -> LatentCache:
-    """The cache under `root` made for this autoencoder and these settings, or a clear error."""
-    key = cache_key(autoencoder, settings)
-    folder = Path(root) / key
-    if not (folder / "meta.json").is_file():
-        others = sorted(p.name for p in Path(root).iterdir() if (p / "meta.json").is_file())
-        hint = (f" It holds caches for other autoencoders or preprocessing settings ({', '.join(others)}): they are "
-                "stale for this run.") if others else ""
-        raise ConfigError(f"No latent cache for this autoencoder and data settings (key {key}) in "
-                          f"data.latent_cache={root}.{hint} Run python -m illustrious.cache_latents with this "
-                          "run's backbone and data settings.")
-    return LatentCache(folder)

@@ -1,0 +1,1 @@
+"""Small helpers every part of the package may use (files written atomically, ...)."""
