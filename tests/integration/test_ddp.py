@@ -54,3 +54,34 @@ def test_two_processes_match_one_with_the_same_global_batch(backbone, make_confi
     assert len(ddp) == len(single) == STEPS
     assert ddp == pytest.approx(single, rel=RTOL), (ddp, single)
     assert len(set(single)) == STEPS  # the model trained: losses change from step to step
+
+
+def test_fsdp2_two_processes_on_the_cpu_save_sharded_and_consolidate(tmp_path):
+    """trainer=fsdp2 with gloo: fully_shard per block in two processes, a sharded checkpoint folder, and one
+    consolidated safetensors checkpoint holding every weight of the module."""
+    from illustrious.checkpoint_io import load_checkpoint_file
+    from illustrious.consolidate import consolidate
+
+    run_dir = tmp_path / "fsdp2"
+    proc = run_cli("trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                   "optim.optimizer.fused=false", "data.batch_size=2", "data.length=8", "trainer.max_steps=2",
+                   "trainer.enable_progress_bar=false", "callbacks.samples=null", "callbacks.composition=null",
+                   "callbacks.throughput=null", "optim.lr_scheduler.num_warmup_steps=1", f"hydra.run.dir={run_dir}",
+                   cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sharded = run_dir / "checkpoints" / "last.safetensors"
+    assert sorted(p.name for p in sharded.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    with pytest.raises(ValueError, match="allow-pickle"):
+        consolidate(sharded, tmp_path / "full.safetensors")
+    checkpoint = load_checkpoint_file(consolidate(sharded, tmp_path / "full.safetensors", allow_pickle=True))
+    assert checkpoint["global_step"] == 2 and len(checkpoint["optimizer_states"]) == 1
+
+    from illustrious.config import instantiate
+    from illustrious.train import build_module
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["backbone=sdxl_tiny"], tmp_path / "reference")
+    reference = build_module(cfg, instantiate(cfg.backbone)).state_dict()
+    assert checkpoint["state_dict"].keys() == reference.keys()  # plain names: no wrapper or shard prefixes
+    for name, tensor in checkpoint["state_dict"].items():
+        assert tensor.shape == reference[name].shape, name

@@ -153,9 +153,10 @@ def test_fsdp_presets_configure_lightnings_strategies(make_config):
     cfg = make_config("trainer=fsdp", "trainer.strategy.sharding_strategy=SHARD_GRAD_OP")
     strategy = instantiate(cfg.trainer.strategy, _convert_="all")
     assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name == "SHARD_GRAD_OP"
-    assert repr(strategy._fsdp_kwargs["auto_wrap_policy"]) == "BackboneUnits('wrap')"
+    assert repr(strategy.kwargs["auto_wrap_policy"]) == "BackboneUnits('wrap')"
     cfg = make_config("trainer=fsdp", "trainer.strategy.sharding_strategy=HYBRID_SHARD", "trainer.strategy.device_mesh=[2,4]")
-    assert instantiate(cfg.trainer.strategy, _convert_="all").sharding_strategy.name == "HYBRID_SHARD"
+    hybrid = instantiate(cfg.trainer.strategy, _convert_="all")
+    assert hybrid.sharding_strategy.name == "HYBRID_SHARD" and hybrid.kwargs["device_mesh"] == (2, 4)
     with pytest.raises(ConfigError, match="device_mesh"):
         instantiate(make_config("trainer=fsdp", "trainer.strategy.sharding_strategy=HYBRID_SHARD").trainer.strategy)
     strategy = instantiate(make_config("trainer=fsdp2").trainer.strategy)
