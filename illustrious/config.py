@@ -12,6 +12,15 @@ from illustrious.errors import ConfigError
 CONF_DIR = Path(__file__).parent / "conf"  # shipped inside the package (and the wheel)
 
 
+def _register_resolvers() -> None:
+    from illustrious.cluster import register_resolvers
+
+    register_resolvers()
+
+
+_register_resolvers()  # the configs' own resolvers exist before anything composes them
+
+
 def instantiate(node, **kwargs):
     """Hydra's instantiate, but our own configuration errors surface as themselves, not wrapped in
     Hydra's InstantiationException (whose message buries the one that says what to do)."""

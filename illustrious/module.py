@@ -42,6 +42,17 @@ class DiffusionModule(L.LightningModule):
         # illustrious.weights.run_config rebuilds the run from it for sampling, export and evaluation
         self.config = dict(config or {})
 
+    def configure_model(self) -> None:
+        """Under FSDP2 (`trainer=fsdp2`, Lightning's ModelParallelStrategy) shard the backbone per block."""
+        options = getattr(self._trainer.strategy, "fsdp2_options", None) if self._trainer is not None else None
+        if options is None or getattr(self, "_sharded", False):
+            return
+        from illustrious.backbones.parallel import apply_fsdp2
+
+        apply_fsdp2(self.backbone, self.device_mesh["data_parallel"], **options)
+        self.backbone.autoencoder.to(self.device)  # replicated: the strategy moves only sharded modules
+        self._sharded = True
+
     # -- training -----------------------------------------------------------------------------------------
     def latents(self, batch: Mapping) -> Tensor:
         if "latents" in batch:
@@ -58,7 +69,8 @@ class DiffusionModule(L.LightningModule):
         target = self.objective.target(x0, noise, t)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         loss = (per_sample * self.objective.loss_weight(t)).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        # the mean over all processes (one scalar all-reduce under DDP/FSDP): the loss of the global batch
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):

@@ -27,8 +27,10 @@ def build_trainer(cfg: DictConfig):
     callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     plugins = [SafetensorsCheckpointIO(allow_pickle=cfg.allow_pickle)]
-    return L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks, logger=logger,
-                     plugins=plugins)
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(settings.get("strategy"), dict):  # trainer=ddp/fsdp/fsdp2/deepspeed_*: a configured strategy
+        settings["strategy"] = instantiate(cfg.trainer.strategy, _convert_="all")
+    return L.Trainer(**settings, callbacks=callbacks, logger=logger, plugins=plugins)
 
 
 def build_module(cfg: DictConfig, backbone=None):
@@ -115,7 +117,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         save_lora_files(module.backbone, cfg.output_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     metrics["global_step"] = trainer.global_step
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if trainer.is_global_zero:  # one writer when several processes train
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}

@@ -91,6 +91,11 @@ class Backbone(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
         raise NotImplementedError
 
+    def parallel_policy(self):
+        """Which blocks are FSDP units and which are activation-checkpointed (`<backbone>/parallelize.py`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no parallel policy: FSDP needs one "
+                                  "(see illustrious/backbones/sdxl/parallelize.py).")
+
     @torch.no_grad()
     def encode_image(self, pixels: Tensor) -> Tensor:
         """Pixels in [-1, 1] -> scaled, shifted latents."""
@@ -144,8 +149,13 @@ class Backbone(nn.Module):
         groups = []
         self._frozen = set()
         for name, lr in self.component_lrs(lrs).items():
-            self.components()[name].requires_grad_(False)
-            params = self.trainable_parameters(name) if lr else []
+            module = self.components()[name]
+            module.requires_grad_(False)
+            # weights no output depends on (text-encoder layers after the hidden state taken) stay frozen
+            # and out of the optimizer, so DDP needs no find_unused_parameters
+            unused = {id(p) for sub in module.modules() if hasattr(sub, "unused_parameters")
+                      for p in sub.unused_parameters()}
+            params = [p for p in self.trainable_parameters(name) if id(p) not in unused] if lr else []
             for p in params:
                 p.requires_grad_(True)
             if params:

@@ -93,6 +93,16 @@ class CLIPPromptEncoder(nn.Module):
             pooled = pooled[chunked.layout[:, 0].to(pooled.device)]
         return states, pooled, chunked.mask.to(states.device)
 
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Weights no output depends on: without a projection (CLIP-L) the pooled output is dropped, so the
+        last layer and the final norm, which only follow the penultimate state, never get a gradient
+        (DDP refuses trainable parameters without one). With a projection (bigG) the pooled embedding
+        runs through them and everything is used."""
+        if hasattr(self.model, "text_projection"):
+            return []
+        text = getattr(self.model, "text_model", self.model)  # transformers 5 flattens CLIPTextModel
+        return [*text.encoder.layers[-1].parameters(), *text.final_layer_norm.parameters()]
+
 
 def clip_text_model(base: str, overrides: dict, tokenizer, with_projection: bool) -> nn.Module:
     """A CLIP text model of a shipped architecture with `overrides` (e.g. tiny widths) applied."""
@@ -137,6 +147,10 @@ class GemmaPromptEncoder(nn.Module):
                                truncation=True, return_tensors="pt").to(self.model.device)
         out = self.model(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
         return out.hidden_states[-2], batch.attention_mask.bool()
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """The last decoder layer and the final norm come after the penultimate state: never used."""
+        return [*self.model.layers[-1].parameters(), *self.model.norm.parameters()]
 
 
 def gemma2_text_model(overrides: dict, tokenizer) -> nn.Module:

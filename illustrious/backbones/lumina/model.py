@@ -120,6 +120,11 @@ class LuminaBackbone(Backbone):
         if isinstance(self.autoencoder, LatentAutoencoder):
             self.autoencoder.vae.save_pretrained(root / "vae")
 
+    def parallel_policy(self):
+        from illustrious.backbones.lumina.parallelize import POLICY
+
+        return POLICY
+
     def encode_text(self, prompts: list[str]) -> Conditioning:
         with maybe_no_grad(self.text_encoder_frozen("gemma")):
             tokens, mask = self.text_encoders["gemma"](prompts)

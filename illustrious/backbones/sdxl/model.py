@@ -134,6 +134,11 @@ class SDXLBackbone(Backbone):
         if isinstance(self.autoencoder, LatentAutoencoder):
             self.autoencoder.vae.save_pretrained(root / "vae")
 
+    def parallel_policy(self):
+        from illustrious.backbones.sdxl.parallelize import POLICY
+
+        return POLICY
+
     # -- contract ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> Conditioning:
         """Both towers over the same chunks: (B, 77 n, 768 + 1280) states, bigG's pooled from chunk 1.

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install and start a one-node SLURM cluster on this machine (Debian 12, root): munge, slurmctld, slurmd.
+# Settings follow shared/ENVIRONMENT.md. Stop it with .ci/slurm_down.sh (which stops only what this started).
+set -euo pipefail
+
+STATE=${SLURM_CI_STATE:-/var/spool/illustrious-slurm}
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+fi
+
+host=$(hostname -s)
+cpus=$(nproc)
+mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d" /var/log/slurm /run/munge
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=illustrious-ci
+SlurmctldHost=$host
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ReturnToService=2
+MpiDefault=none
+NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+
+# munge: a key owned by munge (mode 400), the daemon run as the munge user
+if [ ! -s /etc/munge/munge.key ]; then
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+fi
+chown munge:munge /etc/munge/munge.key /run/munge
+chmod 400 /etc/munge/munge.key
+if ! pgrep -u munge -x munged >/dev/null; then
+    runuser -u munge -- munged  # writes /run/munge/munged.pid
+    touch "$STATE/started-munged"  # so slurm_down.sh stops only a munged this script started
+fi
+
+slurmctld
+slurmd
+for _ in $(seq 1 60); do
+    if sinfo -h -o %t 2>/dev/null | grep -q idle; then
+        sinfo
+        exit 0
+    fi
+    sleep 1
+done
+echo "SLURM did not come up; logs:" >&2
+tail -n 30 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+exit 1

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One long training run as a SLURM batch job; every argument goes to `python -m illustrious.run`.
+#
+#   sbatch scripts/sbatch_train.sh trainer=ddp trainer.accelerator=gpu backbone=sdxl backbone.weights=/data/sdxl
+#   sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 scripts/sbatch_train.sh trainer=fsdp2 ...
+#   sbatch --partition=cpu --gpus-per-node=0 --ntasks-per-node=2 scripts/sbatch_train.sh trainer=ddp trainer.accelerator=cpu
+#
+# srun starts one task per device (ntasks-per-node = GPUs per node); Lightning's SLURMEnvironment reads the
+# ranks and the master address from SLURM, and trainer.devices/num_nodes are set from the allocation here.
+# 90 seconds before the time limit (or on preemption) SLURM sends USR1: Lightning saves a checkpoint and
+# requeues the job (--requeue); the requeued job keeps its id, so it writes to the same RUN_DIR and resumes there.
+#SBATCH --job-name=illustrious
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=24:00:00
+#SBATCH --signal=USR1@90
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+
+RUN_DIR=${RUN_DIR:-outputs/slurm/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}
+PYTHON=${PYTHON:-python}
+echo "job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}: ${SLURM_JOB_NUM_NODES} node(s) x ${SLURM_NTASKS_PER_NODE} task(s) -> ${RUN_DIR}"
+srun --kill-on-bad-exit=1 "$PYTHON" -m illustrious.run \
+    trainer.num_nodes="${SLURM_JOB_NUM_NODES}" trainer.devices="${SLURM_NTASKS_PER_NODE}" \
+    hydra.run.dir="${RUN_DIR}" "$@"
