@@ -17,7 +17,7 @@ def test_cli_trains_a_pair(tmp_path):
     assert metrics["global_step"] == 2
     assert (out / "checkpoints" / "last.safetensors").is_file()
     assert (out / ".hydra" / "config.yaml").is_file()
-    assert "Composition accuracy" in proc.stdout + proc.stderr
+    assert "Judged 4 held-out prompts" in proc.stdout + proc.stderr  # the judge ran and printed its figures
 
 
 def test_local_multirun_sweeps_objectives(tmp_path):

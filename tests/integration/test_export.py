@@ -175,11 +175,11 @@ def test_lumina_round_trips(lumina_exports, fmt):
     module, paths = lumina_exports
     folder = paths["diffusers"]
     if fmt == "diffusers":
-        back = load_public("lumina", f"backbone.weights={folder}")
+        back = load_public("lumina", "backbone.system_prompt=none", f"backbone.weights={folder}")
     else:
         single = paths[fmt]
         assert read_metadata(single)["modelspec.prediction_type"] == "flow"
-        back = load_public("lumina", f"backbone.weights={single}", f"backbone.base={folder}")
+        back = load_public("lumina", "backbone.system_prompt=none", f"backbone.weights={single}", f"backbone.base={folder}")
     assert back.pretrained_prediction.prediction == "flow"
     assert_same_model(module.backbone, back)
 
@@ -193,7 +193,7 @@ def test_lumina_comfyui_file_is_complete(lumina_exports, tmp_path):
     assert {k.split(".")[0] for k in read_keys(single)} == {"model", "text_encoders", "vae"}
     configs_only = tmp_path / "configs"
     shutil.copytree(paths["diffusers"], configs_only, ignore=shutil.ignore_patterns("*.safetensors"))
-    back = load_public("lumina", f"backbone.weights={single}", f"backbone.base={configs_only}")
+    back = load_public("lumina", "backbone.system_prompt=none", f"backbone.weights={single}", f"backbone.base={configs_only}")
     assert_same_model(module.backbone, back)
 
 
