@@ -114,7 +114,8 @@ def test_every_source_builds_the_same_sample_record():
     with pytest.raises(ValueError, match="exactly one"):
         sample_record("a", ((1, 1), (0, 0), (1, 1)))
     shapes = ShapesDataset(length=2, width=16, height=24)[0]
-    assert set(shapes) == {"pixels", "captions", "layout", "original_size", "crop_top_left", "target_size"}
+    # (caption_key: the (seed, epoch, index) key of the caption draw; the collate consumes it)
+    assert set(shapes) == {"pixels", "captions", "layout", "original_size", "crop_top_left", "target_size", "caption_key"}
     assert shapes["original_size"] == shapes["target_size"] == (24, 16) and shapes["crop_top_left"] == (0, 0)
     collated = Collate()([shapes, ShapesDataset(length=2, width=16, height=24)[1]])
     assert collated["pixels"].shape == (2, 3, 24, 16) and collated["target_size"].tolist() == [[24, 16]] * 2

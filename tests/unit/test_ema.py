@@ -35,7 +35,7 @@ def expected_ema(weights, steps, decay):
 
 def test_ema_follows_the_published_formula(make_config, tmp_path):
     decay = 0.6
-    cfg = make_config("callbacks=ema", f"callbacks.ema.decay={decay}", "callbacks.ema.start_step=2",
+    cfg = make_config("backbone=sdxl_tiny", "callbacks=ema", f"callbacks.ema.decay={decay}", "callbacks.ema.start_step=2",
                       "callbacks.ema.every_n_steps=1", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=4",
                       "callbacks.samples=null", "callbacks.composition=null", "optim.lrs={text_encoder_2:0}")
     L.seed_everything(cfg.seed, workers=True)

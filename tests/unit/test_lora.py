@@ -13,7 +13,7 @@ QUIET = ["callbacks.samples=null", "callbacks.composition=null", "callbacks.chec
 
 
 def test_only_adapters_train_and_files_are_written(make_config, tmp_path):
-    cfg = make_config("lora=lora", "lora.rank=4", "lora.text_encoders=[text_encoder_1]", "optim.lr=1e-2", *QUIET)
+    cfg = make_config("backbone=sdxl_tiny", "lora=lora", "lora.rank=4", "lora.text_encoders=[text_encoder_1]", "optim.lr=1e-2", *QUIET)
     torch.manual_seed(cfg.seed)
     before = {k: v.clone() for k, v in build_module(cfg).state_dict().items()}
     _, objects = train(cfg)
@@ -29,7 +29,7 @@ def test_only_adapters_train_and_files_are_written(make_config, tmp_path):
     assert paths["comfyui"].is_file() and paths["diffusers"].is_file()
 
     # continue: a new run starts from the saved adapters
-    again = make_config("lora=lora", "lora.rank=4", "lora.text_encoders=[text_encoder_1]",
+    again = make_config("backbone=sdxl_tiny", "lora=lora", "lora.rank=4", "lora.text_encoders=[text_encoder_1]",
                         f"lora.weights={paths['comfyui']}", *QUIET, output_dir=tmp_path / "continued")
     module = build_module(again)
     state = module.state_dict()
@@ -82,7 +82,7 @@ def test_unknown_lora_component_is_named(make_config):
     from illustrious.errors import ConfigError
 
     with pytest.raises(ConfigError, match="text_encoder_3"):
-        build_module(make_config("lora=lora", "lora.text_encoders=[text_encoder_3]"))
+        build_module(make_config("backbone=sdxl_tiny", "lora=lora", "lora.text_encoders=[text_encoder_3]"))
 
 
 def test_a_format_that_cannot_hold_the_adapters_fails_before_training(make_config):

@@ -23,7 +23,7 @@ def changed(before, module):
 
 @pytest.mark.parametrize(("optim", "cls"), [("adafactor", "Adafactor"), ("prodigy", "Prodigy"), ("adamw", "AdamW")])
 def test_each_optimizer_trains_every_component(make_config, optim, cls):
-    cfg = make_config(f"optim={optim}", *QUIET)
+    cfg = make_config("backbone=sdxl_tiny", f"optim={optim}", *QUIET)
     torch.manual_seed(cfg.seed)  # train() seeds the same way before building: this is its initial model
     before = snapshot(build_module(cfg))
     _, objects = train(cfg)
@@ -32,7 +32,7 @@ def test_each_optimizer_trains_every_component(make_config, optim, cls):
 
 
 def test_adamw8bit_without_cuda_or_bitsandbytes_says_what_to_do(make_config):
-    cfg = make_config("optim=adamw8bit", *QUIET)
+    cfg = make_config("backbone=sdxl_tiny", "optim=adamw8bit", *QUIET)
     module = build_module(cfg)
     if torch.cuda.is_available():
         pytest.skip("runs the CPU refusal only")
@@ -43,7 +43,7 @@ def test_adamw8bit_without_cuda_or_bitsandbytes_says_what_to_do(make_config):
 def test_per_encoder_learning_rates_and_freezing(make_config):
     """The paper's v0.1 split (UNet 3.5e-5, text encoder 4.5e-6) with text_encoder_2 frozen: the frozen
     encoder stays bit-identical, the others move."""
-    cfg = make_config("optim.lr=3.5e-5", "optim.text_encoder_lr=4.5e-6", "optim.lrs={text_encoder_2:0}",
+    cfg = make_config("backbone=sdxl_tiny", "optim.lr=3.5e-5", "optim.text_encoder_lr=4.5e-6", "optim.lrs={text_encoder_2:0}",
                       "optim.lr_scheduler=null", *QUIET)
     torch.manual_seed(cfg.seed)
     before = snapshot(build_module(cfg))
@@ -63,7 +63,7 @@ def test_frozen_denoiser_trains_only_the_text_encoder(make_config):
 
 def test_unknown_learning_rate_group_is_named(make_config):
     with pytest.raises(ConfigError, match=r"text_encoder_3.*text_encoder_1"):
-        build_module(make_config("optim.lrs={text_encoder_3:1e-5}"))
+        build_module(make_config("backbone=sdxl_tiny", "optim.lrs={text_encoder_3:1e-5}"))
 
 
 def gradients(cfg, checkpointing):
@@ -90,10 +90,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_config, backbone):
 
 
 def test_gradient_checkpointing_is_switched_on_per_component(make_config):
-    module = build_module(make_config("gradient_checkpointing=[denoiser,text_encoder_2]"))
+    module = build_module(make_config("backbone=sdxl_tiny", "gradient_checkpointing=[denoiser,text_encoder_2]"))
     parts = module.backbone.components()
     assert parts["denoiser"].is_gradient_checkpointing
     assert parts["text_encoder_2"].model.is_activation_checkpointing
     assert not parts["text_encoder_1"].model.is_activation_checkpointing
     with pytest.raises(ConfigError, match="unet"):
-        build_module(make_config("gradient_checkpointing=[unet]"))
+        build_module(make_config("backbone=sdxl_tiny", "gradient_checkpointing=[unet]"))

@@ -65,7 +65,7 @@ def test_bf16_mixed_on_cpu_keeps_fp32_weights_and_matches_fp32_loss(make_config,
 
 
 def test_tensorboard_has_loss_lr_grad_norm_and_throughput(make_config, tmp_path):
-    cfg = make_config("trainer.max_steps=6",
+    cfg = make_config("backbone=sdxl_tiny", "trainer.max_steps=6",
                       "callbacks.throughput={_target_:illustrious.callbacks.throughput.SamplesPerSecond,window_size:2}")
     train(cfg)
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
