@@ -62,3 +62,15 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "illustrious.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+class WritesMarker:
+    """A pickle payload: unpickling calls Path.write_text(marker) (proves a crafted pickle never runs)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.write_text, (pathlib.Path(self.marker), "pwned")

@@ -17,7 +17,7 @@ import pytest
 from illustrious.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 from illustrious.errors import ConfigError
 from illustrious.weights.run_config import LEGACY_KEY, STORED_KEY, rebuild_run_config
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, WritesMarker, compose_config
 
 QUIET = ["callbacks.samples=null", "callbacks.progress=null", "callbacks.composition=null"]
 
@@ -105,18 +105,6 @@ def test_sample_command_refuses_crafted_file(trained, tmp_path):
     assert proc.returncode != 0
     assert "none of our 'backbone' options" in proc.stderr
     assert not marker.exists()
-
-
-class WritesMarker:
-    """A pickle payload: unpickling calls Path.write_text(marker)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return pathlib.Path.write_text, (pathlib.Path(self.marker), "pwned")
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin"])

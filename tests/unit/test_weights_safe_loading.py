@@ -12,16 +12,7 @@ from illustrious.errors import ConfigError
 from illustrious.weights import markers
 from illustrious.weights.safe_read import read_weights
 from illustrious.weights.writing import write_folder, write_safetensors
-
-
-class WritesMarker:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return pathlib.Path.write_text, (pathlib.Path(self.marker), "pwned")
+from tests.conftest import WritesMarker
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin"])
