@@ -188,11 +188,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", allow_pick
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix != ".safetensors":
-        if not allow_pickle:
-            raise ValueError(
-                f"{path} is not a safetensors checkpoint. Pickle checkpoints can run code when loaded and are "
-                "refused; if you trust this file, set allow_pickle=true (it is then read with weights_only=True)."
-            )
+        if not allow_pickle:  # one refusal, worded once, for checkpoints and weight files alike
+            from illustrious.weights.safe_read import pickle_refusal
+
+            raise ValueError(pickle_refusal(path))
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         check_finite(checkpoint, f"Checkpoint {path}")
         return checkpoint

@@ -38,12 +38,16 @@ class Metadata:
     created: str | None = None  # as the source wrote it (ISO 8601 for Danbooru)
 
 
-def read_caption(path: Path) -> str:
-    """A .txt caption (UTF-8, BOM allowed), whitespace-trimmed; SidecarError if it is not text."""
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise SidecarError("sidecar_unreadable", f"{type(e).__name__}: {e}") from None
+
+
+def read_caption(path: Path) -> str:
+    """A .txt caption (UTF-8, BOM allowed), whitespace-trimmed; SidecarError if it is not text."""
+    data = _read_bytes(path)
     try:
         return data.decode("utf-8-sig").strip()
     except UnicodeDecodeError as e:
@@ -51,10 +55,7 @@ def read_caption(path: Path) -> str:
 
 
 def read_metadata(path: Path) -> Metadata:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SidecarError("sidecar_unreadable", f"{type(e).__name__}: {e}") from None
+    data = _read_bytes(path)
     try:
         obj = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
