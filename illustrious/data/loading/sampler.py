@@ -21,10 +21,9 @@ import logging
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from illustrious.data.captions.rng import EpochBatch, EpochIndex
+from illustrious.data.captions.rng import EpochBatch
 
 log = logging.getLogger(__name__)
 
@@ -146,22 +145,3 @@ class BucketBatchSampler(DistributedSampler):
             log.warning("Resuming with %d ranks where the checkpoint had %s: the epoch continues at global batch "
                         "%d, so its last steps may be fewer or more than Lightning counts.",
                         self.num_replicas, state.get("world_size"), self.offset)
-
-
-class EpochSampler(Sampler[int]):
-    """Wraps a sampler of dataset indices (e.g. `RandomSampler`) and yields them as `EpochIndex`es, so the
-    dataset knows the epoch of every draw (caption augmentation is keyed on (seed, epoch, index)).
-    Lightning calls `set_epoch`; without it each new iteration is the next epoch."""
-
-    def __init__(self, inner: Sampler[int]):
-        self.inner, self.epoch = inner, 0
-
-    def __iter__(self) -> Iterator[EpochIndex]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        return (EpochIndex(int(i), epoch) for i in self.inner)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
