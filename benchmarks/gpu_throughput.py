@@ -13,14 +13,15 @@ utilisation: FLOPs of one training step counted with torch.utils.flop_counter.Fl
 backward, no recomputation) over step time, against `--peak-tflops` (790: the bf16 matrix rate measured on
 these H100/H200 machines).
 
-Sections (`--sections`, in this order; a `--budget-s` wall budget skips what no longer fits):
+Sections (`--sections`, run in this order, both models in each; `--budget-s` starts no measurement that would
+end after it, by a rough estimate per measurement):
   levers         each lever added to the last, as a ratio: math attention + for-loop AdamW (reference) ->
-                 flash attention -> fused AdamW -> channels-last (SDXL); compile comes in its own section
-  checkpointing  at the best lever setting: full (gradient_checkpointing=[denoiser]) and selective
-                 (backbone.checkpoint_blocks=0.5) against none
-  batch          a batch-size sweep at the best setting
-  memory         the largest batch that fits, with and without checkpointing (doubling, then bisection)
-  compile        + backbone.compile=regional (each repeated block compiled; includes compile time in warm-up)
+                 flash attention -> fused AdamW -> channels-last (SDXL); the fastest is carried on
+  checkpointing  full (gradient_checkpointing=[denoiser]) and selective (backbone.checkpoint_blocks=0.5)
+  compile        + backbone.compile=regional (each repeated block compiled; compile time stays in the warm-up)
+  batch          other batch sizes (and resolutions: --resolutions 1024,768,1536)
+  memory         the largest batch that fits, without and with checkpointing every block (a guess from the
+                 peak memory measured so far, then growth and bisection; each try is two training steps)
   data           the uncached path: pixels through the VAE and captions through full-depth text encoders
 
     python -m benchmarks.gpu_throughput --out results.json            # the GPU sweep (benchmarks/gpu_run.sh)
@@ -72,7 +73,11 @@ LEVERS = {
 }
 CHECKPOINTING = [("checkpointing: selective, every other block", ["backbone.checkpoint_blocks=0.5"]),
                  ("checkpointing: every block", ["gradient_checkpointing=[denoiser]"])]
-SECTIONS = ("levers", "checkpointing", "batch", "memory", "compile", "data")
+SECTIONS = ("levers", "checkpointing", "compile", "batch", "memory", "data")
+# rough seconds one measurement takes on an H100/H200 (build, warm-up, timed steps): a measurement starts only if
+# it can end inside --budget-s
+COST_S = {"compile": 150.0, "memory": 20.0}
+DEFAULT_COST_S = 30.0
 
 
 class Bench:
@@ -147,6 +152,7 @@ class Bench:
         with torch.device(self.device):  # random weights made where they train
             backbone = instantiate(cfg.backbone)
         module = build_module(cfg, backbone)
+        text_calls = count_calls(backbone, "encode_text")  # with cached embeddings the step never encodes text
         module.flops_per_batch = flops * batch  # Lightning's ThroughputMonitor reports FLOP/s from it
         batches = synthetic_batches(backbone, batch, self.latent_hw(model, res), self.tokens(model), cached)
         trainer = build_trainer(cfg)
@@ -163,14 +169,16 @@ class Bench:
                "warmup_s": sum(timer.step_s[:max(warmup - 1, 0)]), "flops_per_sample": flops,
                "tflops": flops * batch / step / 1e12, "loss_finite": bool(torch.isfinite(
                    torch.as_tensor(float(trainer.callback_metrics.get("train/loss", float("nan")))))),
-               "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if self.device == "cuda" else None}
+               "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if self.device == "cuda" else None,
+               "text_encoder_calls": text_calls[0]}
         out["mfu"] = out["tflops"] / self.args.peak_tflops if self.device == "cuda" else None
         del module, backbone, trainer, batches
         return out
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
-    def over_budget(self) -> bool:
-        return time.perf_counter() - self.started > self.args.budget_s
+    def over_budget(self, section: str = "") -> bool:
+        cost = 0.0 if self.args.tiny else COST_S.get(section, DEFAULT_COST_S)
+        return time.perf_counter() - self.started + cost > self.args.budget_s
 
     def add(self, row: dict) -> dict:
         self.rows.append(row)
@@ -188,16 +196,34 @@ class Bench:
         if self.device == "cuda":
             payload["gpu"] = torch.cuda.get_device_name()
             payload["cuda"] = torch.version.cuda
-        tmp = self.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        os.replace(tmp, self.out)  # atomic: a run cut short still leaves a whole file
+        write_atomic(self.out, json.dumps(payload, indent=1, default=str))  # a run cut short keeps whole files
+        if self.args.table:
+            write_atomic(Path(self.args.table), markdown(self.rows) + "\n")
 
     def run(self, section: str, model: str, res: int, batch: int, variant: str, overrides: list[str],
             **kw) -> dict | None:
-        if self.over_budget():
+        if self.over_budget(section):
             return self.add({"model": model, "res": res, "batch": batch, "section": section, "variant": variant,
                              "overrides": overrides, "error": "skipped: over --budget-s"})
         return self.add(self.measure(model, res, batch, section, variant, overrides, **kw))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def count_calls(obj, method: str) -> list[int]:
+    """Count calls of obj.<method> (a one-element list, updated in place)."""
+    calls, real = [0], getattr(obj, method)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    setattr(obj, method, counted)
+    return calls
 
 
 def best_of(rows: list[dict]) -> dict | None:
@@ -214,7 +240,8 @@ def sweep(bench: Bench) -> None:
         for model in a.models:
             batch = a.batch[model]
             if section == "levers":
-                found = best_of([bench.run(section, model, res, batch, name, ov) for name, ov in LEVERS[model]])
+                chain = LEVERS[model][:a.levers or None]
+                found = best_of([bench.run(section, model, res, batch, name, ov) for name, ov in chain])
                 best[model] = found["overrides"] if found else best[model]
             elif section == "checkpointing":
                 for name, ov in CHECKPOINTING:
@@ -242,7 +269,7 @@ def largest(bench: Bench, model: str, res: int, name: str, overrides: list[str])
     tried: dict[int, dict] = {}
 
     def fits(b: int) -> bool:
-        if bench.over_budget():
+        if bench.over_budget("memory"):
             raise TimeoutError
         row = bench.measure(model, res, b, "memory", f"{name}: try {b}", overrides, steps=1, warmup=1)
         tried[b] = row
@@ -324,11 +351,12 @@ def parse(argv=None):
     ap.add_argument("--batch-lumina", type=int, default=None)
     ap.add_argument("--sweep-sdxl", default=None, help="batch sizes of the batch section")
     ap.add_argument("--sweep-lumina", default=None)
+    ap.add_argument("--levers", type=int, default=None, help="only the first N steps of each lever chain")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     ap.add_argument("--caption-tokens", type=int, default=None, help="text tokens per sample (77 SDXL, 256 Lumina)")
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="MFU denominator (bf16 matrix rate measured here)")
-    ap.add_argument("--budget-s", type=float, default=1e9, help="skip measurements that would start after this")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="start no measurement that would end after this")
     ap.add_argument("--max-batch-cap", type=int, default=None)
     ap.add_argument("--count-flops", action="store_true", help="only count FLOPs per sample (meta device) and print")
     ap.add_argument("--out", default=None, help="JSON results (rewritten after every measurement)")
@@ -342,10 +370,10 @@ def parse(argv=None):
         ap.error(f"unknown {sorted(unknown)}: sections {SECTIONS}, models {tuple(MODELS)}")
     a.resolutions = [int(r) for r in (a.resolutions or ("32" if tiny else "1024")).split(",")]
     a.batch = {"sdxl": a.batch_sdxl or (2 if tiny else 8), "lumina": a.batch_lumina or (2 if tiny else 4)}
-    a.sweep = {"sdxl": [int(b) for b in (a.sweep_sdxl or ("4" if tiny else "4,16")).split(",")],
-               "lumina": [int(b) for b in (a.sweep_lumina or ("4" if tiny else "2,8")).split(",")]}
-    a.steps = a.steps or (2 if tiny else 8)
-    a.warmup = a.warmup or (1 if tiny else 3)
+    a.sweep = {"sdxl": [int(b) for b in (a.sweep_sdxl or ("4" if tiny else "16")).split(",")],
+               "lumina": [int(b) for b in (a.sweep_lumina or ("4" if tiny else "8")).split(",")]}
+    a.steps = a.steps or (2 if tiny else 6)
+    a.warmup = a.warmup or (1 if tiny else 2)
     a.max_batch_cap = a.max_batch_cap or (4 if tiny else 256)
     return a
 
@@ -376,10 +404,7 @@ def main(argv=None) -> list[dict]:
         bench.save()
         return []
     sweep(bench)
-    table = markdown(bench.rows)
-    print("\n" + table)
-    if args.table:
-        Path(args.table).write_text(table + "\n")
+    print("\n" + markdown(bench.rows))
     return bench.rows
 
 

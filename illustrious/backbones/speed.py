@@ -70,7 +70,7 @@ def checkpoint_function(name: str) -> Callable:
 
 
 def selected(n: int, fraction: float) -> list[int]:
-    """`round(n * fraction)` indices out of `n`, spread evenly (0.5 = every other block, 1 = all)."""
+    """`floor(n * fraction)` indices out of `n`, spread evenly (0.5 = every other block, 1 = all)."""
     if not 0 <= fraction <= 1:
         raise ConfigError(f"backbone.checkpoint_blocks={fraction}: needs a fraction in [0, 1], e.g. 0.5 "
                           "(every other block), 1 (all blocks) or 0 (none).")

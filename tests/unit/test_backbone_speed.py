@@ -34,7 +34,7 @@ def test_lever_settings_are_validated(make_config, key, value, needs):
 def test_selected_blocks_spread_evenly():
     assert speed.selected(6, 0.5) == [1, 3, 5]
     assert speed.selected(4, 1.0) == [0, 1, 2, 3] and speed.selected(4, 0) == []
-    assert len(speed.selected(26, 0.25)) == round(26 * 0.25 + 0.01)
+    assert speed.selected(26, 0.25) == [3, 7, 11, 15, 19, 23]  # floor(6.5) blocks, evenly spread
     with pytest.raises(ConfigError, match="checkpoint_blocks"):
         speed.selected(4, 2)
 
