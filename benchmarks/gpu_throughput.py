@@ -37,6 +37,7 @@ import os
 import statistics
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -99,6 +100,7 @@ class Bench:
                        "trainer.enable_model_summary=false", "trainer.enable_checkpointing=false",
                        "callbacks.samples=null", "callbacks.composition=null", "callbacks.checkpoint=null",
                        "callbacks.step_log=null", "callbacks.lr_monitor=null", "callbacks.progress=null",
+                       "callbacks.memory_check=null",  # the memory section finds the limit by trying
                        "optim.lr=1e-5", "optim.text_encoder_lr=0", f"data.batch_size={batch}", *overrides],
                       self.workdir)
         cfg.logger = None
@@ -137,8 +139,11 @@ class Bench:
                "overrides": overrides, "cached": cached}
         try:
             row.update(self.fit(model, res, batch, overrides, cached, steps, warmup))
-        except torch.cuda.OutOfMemoryError:
-            row["error"] = "out of memory"
+        except Exception as e:  # one failed setting must not cost the rest of a one-shot device run
+            row["error"] = "out of memory" if out_of_memory(e) else f"{type(e).__name__}: {str(e)[:300]}"
+            if not out_of_memory(e):
+                traceback.print_exc()
+            del e
         finally:
             free()
         return row
@@ -206,6 +211,11 @@ class Bench:
             return self.add({"model": model, "res": res, "batch": batch, "section": section, "variant": variant,
                              "overrides": overrides, "error": "skipped: over --budget-s"})
         return self.add(self.measure(model, res, batch, section, variant, overrides, **kw))
+
+
+def out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -276,6 +286,8 @@ def largest(bench: Bench, model: str, res: int, name: str, overrides: list[str])
         peak = row.get("peak_gib")
         print(f"  memory try: {model} batch {b}: {row.get('error') or (f'{peak:.1f} GiB' if peak else 'ran')}",
               flush=True)
+        if row.get("error") not in (None, "out of memory"):
+            raise RuntimeError(row["error"])
         return "error" not in row
 
     guess, growth, tolerance = bench.args.batch[model] * 2, 2.0, 0.0
@@ -294,9 +306,10 @@ def largest(bench: Bench, model: str, res: int, name: str, overrides: list[str])
         row = dict(tried.get(lo) or {"model": model, "res": res})
         row.update(variant=f"{name} (fits {lo}; {'out of memory at ' + str(hi) if hi else 'cap reached'})",
                    section="memory", batch=lo, first_oom=hi, tried=sorted(tried))
-    except TimeoutError:
+    except (TimeoutError, RuntimeError) as e:
+        why = "skipped: over --budget-s" if isinstance(e, TimeoutError) else str(e)
         row = {"model": model, "res": res, "batch": None, "section": "memory", "variant": name,
-               "error": f"skipped: over --budget-s (tried {sorted(tried)})"}
+               "error": f"{why} (tried {sorted(tried)})"}
     bench.add(row)
 
 
