@@ -10,13 +10,14 @@
 #   DRY=1 PYTHON=.venv/bin/python PIP="python3 -m pip" OUT=/tmp/gpu-run bash benchmarks/gpu_run.sh
 #
 # The device machine has torch, Lightning, transformers, timm, peft and safetensors but not diffusers, hydra-core,
-# omegaconf (with its antlr4 runtime) or importlib-metadata: those come as wheels. BUDGET_S (default 400 s): no
+# omegaconf (with its antlr4 runtime), importlib-metadata or webdataset: those come as wheels (.whl is git-ignored,
+# so run --download-wheels in the very checkout the device tool sends). BUDGET_S (default 400 s): no
 # measurement starts that would end after it (by a rough per-measurement estimate), so the command ends in about
 # 7 minutes and a narrowed rerun (SECTIONS=..., MODELS=...) still fits a 15-minute device lease. Results are written after every measurement: a run cut short keeps
 # what it measured.
 set -uo pipefail
 
-WHEELS=(diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 importlib-metadata==8.7.0)
+WHEELS=(diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 importlib-metadata==8.7.0 webdataset==1.0.2 braceexpand==0.1.7)
 PY=${PYTHON:-python3}
 PIP=${PIP:-$PY -m pip}
 
