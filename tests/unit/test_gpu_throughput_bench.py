@@ -96,3 +96,21 @@ def test_cached_batches_never_run_the_text_encoders(tmp_path):
     rows = gpu_throughput.main(["--tiny", "--models", "lumina", "--sections", "levers", "--levers", "1",
                                 "--steps", "1", "--warmup", "1"])
     assert rows[0]["text_encoder_calls"] == 0
+
+
+@pytest.mark.parametrize(("model", "params"), [("sdxl", 2_567_463_684), ("lumina", 2_609_769_152)])
+def test_real_size_models_come_from_the_shipped_architectures(model, params):
+    """What the GPU run trains: the published denoisers (built on the meta device here: no memory, no time)."""
+    bench = gpu_throughput.Bench(gpu_throughput.parse(["--models", model]))
+    cfg = bench.config(model, ["backbone.attention=flash"], 8, 4)
+    with torch.device("meta"):
+        backbone = gpu_throughput.instantiate(cfg.backbone)
+    assert sum(p.numel() for p in backbone.denoiser.parameters()) == params
+    assert backbone.attention == "flash" and backbone.latent_channels == (4 if model == "sdxl" else 16)
+    assert backbone.autoencoder.spatial_factor == 8
+    batch = gpu_throughput.meta_batch(backbone, 2, bench.latent_hw(model, 1024), bench.tokens(model))
+    assert batch["latents"].shape[-2:] == (128, 128)
+    cond = batch["conditioning"]
+    width = 2048 if model == "sdxl" else 2304  # CLIP-L + bigG states; Gemma-2-2B's hidden size
+    assert cond.tokens.shape == (2, 77 if model == "sdxl" else 256, width)
+    assert (cond.pooled is not None) == (model == "sdxl")
