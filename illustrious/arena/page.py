@@ -13,6 +13,10 @@ TITLES = {"fixed": "Fixed-characteristics duel", "free": "Free-prompt duel", "ff
 SLOT_NAMES = "ABCDEFGHIJKLMNOP"
 
 
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def _document(title: str, body: str, kinds: tuple[str, ...]) -> str:
     links = "".join(f'<a href="/match/{escape(k)}">{escape(TITLES[k])}</a>' for k in kinds)
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -35,7 +39,7 @@ def match_page(kind: str, token: str, prompt: str, n_images: int, kinds: tuple[s
         name = SLOT_NAMES[slot]
         extra = ""
         if kind == "ffa":
-            options = "".join(f'<option value="{r}"{" selected" if r == slot else ""}>{r + 1}</option>'
+            options = "".join(f'<option value="{r}"{" selected" if r == slot else ""}>{ordinal(r + 1)}</option>'
                               for r in range(n_images))
             extra = (f'<button type="button" class="vote" data-best="{slot}">{name} is the best</button>'
                      f'<label>Rank of {name} <select data-slot="{slot}">{options}</select></label>')
