@@ -47,12 +47,21 @@ def run(cfg: DictConfig, ready=None) -> None:
             from illustrious.arena.export import write_exports
 
             out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.db).expanduser().parent
-            for path in write_exports(arena.ratings(), out_dir):
-                log.info("wrote %s", path)
+            kinds = sorted({vote.kind for vote in store.votes()})
+            for kind in [None, *kinds]:  # all votes, then each kind of match on its own
+                rows, count = arena.ratings(kind)
+                for path in write_exports(rows, out_dir, "arena_ratings" + (f"_{kind}" if kind else "")):
+                    log.info("wrote %s (%d votes)", path, count)
             return
         from illustrious.arena.server import make_server
 
-        server = make_server(arena, cfg.host, cfg.port, allow_remote=cfg.allow_remote)
+        if not 0 <= cfg.port <= 65535:
+            raise ConfigError(f"port={cfg.port}: must be 0..65535 (0 picks a free port).")
+        try:
+            server = make_server(arena, cfg.host, cfg.port, allow_remote=cfg.allow_remote)
+        except OSError as e:
+            raise ConfigError(f"host={cfg.host} port={cfg.port}: cannot listen there ({e.strerror or e}); choose "
+                              "another port= (0 picks a free one).") from None
         log.info("arena: %d checkpoints, %d votes so far; open %s (Ctrl-C stops; every vote is already saved)",
                  len(arena.catalog.checkpoints), len(store.votes()), server.url)
         print(f"ARENA_URL {server.url}", flush=True)  # one machine-readable line (port=0 picks a free port)

@@ -64,7 +64,7 @@ RATING_COLUMNS = [("elo", "Elo"), ("elo_time_weighted", "Elo (time-weighted)"), 
                   ("sigma", "σ"), ("conservative", "μ − 3σ")]
 
 
-def ratings_page(rows: list[Rating], votes: int, k: float, kinds: tuple[str, ...]) -> str:
+def ratings_page(rows: list[Rating], votes: int, k: float, kinds: tuple[str, ...], kind: str | None = None) -> str:
     head = "".join(f"<th>{escape(title)}</th>" for _, title in RATING_COLUMNS)
     lines = []
     for row in rows:
@@ -72,8 +72,11 @@ def ratings_page(rows: list[Rating], votes: int, k: float, kinds: tuple[str, ...
                         for key, _ in RATING_COLUMNS)
         lines.append(f'<tr data-checkpoint="{escape(row.checkpoint)}"><th>{escape(row.checkpoint)}</th>'
                      f"<td>{row.votes}</td><td>{row.wins}</td><td>{row.draws}</td><td>{row.losses}</td>{cells}</tr>")
-    body = (f"<main><h1>Ratings</h1><p>From {votes} votes; Elo K = {escape(str(k))}. "
-            '<a href="/ratings.csv">CSV</a></p>'
+    query = f"?kind={escape(kind)}" if kind else ""
+    scope = "".join(f' <a href="/ratings?kind={escape(k_)}">{escape(TITLES[k_])}s only</a>' for k_ in TITLES)
+    body = (f"<main><h1>Ratings{': ' + escape(TITLES[kind]) + 's' if kind else ''}</h1>"
+            f"<p>From {votes} votes; Elo K = {escape(str(k))}. <a href=\"/ratings.csv{query}\">CSV</a> · "
+            f'<a href="/ratings">all votes</a>{scope}</p>'
             f'<table id="ratings"><thead><tr><th>Checkpoint</th><th>Votes</th><th>Wins</th><th>Draws</th>'
             f"<th>Losses</th>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table></main>")
     return _document("Ratings", body, kinds)

@@ -3,7 +3,7 @@ otherwise.
 
 Routes: `/` (index), `/match/<kind>` (serves a new match: stores it with a one-time token), `/image/<token>/<slot>`
 (the images of a served match, read only from the catalog's folder), `/api/vote` (POST JSON), `/ratings`,
-`/api/ratings`, `/ratings.csv`, `/static/arena.{js,css}`.
+`/api/ratings`, `/ratings.csv` (each with `?kind=fixed|free|ffa` for one kind of match), `/static/arena.{js,css}`.
 
 Votes: a body that is not a JSON object of the right shape, too large, of the wrong content type, or that
 names an unknown match gets 400; a second vote on the same token gets 409. Images are addressed by the
@@ -21,12 +21,12 @@ import socket
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from illustrious.arena import page
 from illustrious.arena.catalog import Catalog
 from illustrious.arena.export import ratings_csv
-from illustrious.arena.pairing import Pairing
+from illustrious.arena.pairing import KINDS, Pairing
 from illustrious.arena.ratings import EloSettings, TrueSkillSettings, compute_ratings
 from illustrious.arena.store import AlreadyVoted, ArenaStore, UnknownMatch
 from illustrious.arena.votes import BadVote, ranks_for, token_of
@@ -97,8 +97,10 @@ class Arena:
             return HTTPStatus.CONFLICT, {"error": "this match was already voted on"}
         return HTTPStatus.OK, {"recorded": vote.id}
 
-    def ratings(self):
-        return compute_ratings(self.store.votes(), self.catalog.checkpoints, self.elo, self.trueskill)
+    def ratings(self, kind: str | None = None):
+        """Ratings from every vote, or from the votes of one kind of match."""
+        votes = [v for v in self.store.votes() if kind is None or v.kind == kind]
+        return compute_ratings(votes, self.catalog.checkpoints, self.elo, self.trueskill), len(votes)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -147,7 +149,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if not self._host_allowed():
             return
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path, kind = url.path, parse_qs(url.query).get("kind", [None])[0]
+        kind = kind if kind in KINDS else None  # ratings of any kind in the log, served by this run or not
         arena = self.arena
         if path == "/":
             return self._html(page.index_page(arena.pairing.kinds, len(arena.store.votes()), len(arena.catalog.checkpoints)))
@@ -163,13 +167,12 @@ class Handler(BaseHTTPRequestHandler):
             file = STATIC[path[len("/static/"):]]
             return self._send(HTTPStatus.OK, file.read_bytes(), CONTENT_TYPES[file.suffix])
         if path == "/ratings":
-            votes = arena.store.votes()
-            rows = compute_ratings(votes, arena.catalog.checkpoints, arena.elo, arena.trueskill)
-            return self._html(page.ratings_page(rows, len(votes), arena.elo.k, arena.pairing.kinds))
+            rows, votes = arena.ratings(kind)
+            return self._html(page.ratings_page(rows, votes, arena.elo.k, arena.pairing.kinds, kind))
         if path == "/api/ratings":
-            return self._json(HTTPStatus.OK, [row.as_dict() for row in arena.ratings()])
+            return self._json(HTTPStatus.OK, [row.as_dict() for row in arena.ratings(kind)[0]])
         if path == "/ratings.csv":
-            return self._send(HTTPStatus.OK, ratings_csv(arena.ratings()).encode(), "text/csv; charset=utf-8")
+            return self._send(HTTPStatus.OK, ratings_csv(arena.ratings(kind)[0]).encode(), "text/csv; charset=utf-8")
         return self._not_found()
 
     do_HEAD = do_GET

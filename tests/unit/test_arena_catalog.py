@@ -47,6 +47,24 @@ def test_scan_reads_the_layout_and_skips_and_counts_the_rest(tmp_path):
     assert sorted(catalog.groups()) == [(0, 0), (0, 7), (1, 0), (1, 7)]
 
 
+def test_the_evaluate_commands_output_folder_is_read_as_it_is(tmp_path):
+    """<out>/evaluation.json + <out>/images/<nn>-<label>/<j>-<seed>.png, image j showing prompt j // num_images."""
+    out = tmp_path / "evaluation"
+    (out / "evaluation.json").parent.mkdir()
+    (out / "evaluation.json").write_text(json.dumps({"rows": [], "prompts": ["p0", "p1"], "num_images": 2, "seed": 10}))
+    for folder in ("00-base", "01-finetuned"):
+        (out / "images" / folder).mkdir(parents=True)
+        for j in range(4):
+            Image.new("RGB", (8, 8)).save(out / "images" / folder / f"{j:05d}-{10 + j}.png")
+    catalog = scan(out)
+    assert catalog.checkpoints == ["00-base", "01-finetuned"]
+    assert sorted(catalog.groups()) == [(0, 10), (0, 11), (1, 12), (1, 13)]
+    assert all(len(images) == 2 for images in catalog.groups().values())
+    (out / "evaluation.json").write_text(json.dumps({"prompts": ["p0"], "num_images": 0}))
+    with pytest.raises(ConfigError, match="num_images"):
+        scan(out)
+
+
 def test_prompt_sets_choose_the_duels_that_use_them(tmp_path):
     root = make_images_folder(tmp_path / "images", checkpoints=("a", "b"), prompts=("p0", "p1", "p2"))
     (root / "prompts.json").write_text(json.dumps(

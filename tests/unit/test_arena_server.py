@@ -7,6 +7,8 @@ import http.client
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -163,6 +165,12 @@ def test_ratings_are_served_from_the_vote_log(arena):
     assert f'data-checkpoint="{winner}"' in page.decode()
     status, headers, csv_text = request(port, "GET", "/ratings.csv")
     assert status == 200 and csv_text.decode().splitlines()[0].startswith("checkpoint,votes,wins")
+    # one kind of match at a time: the duel counts for fixed duels and not for free-for-alls
+    by_kind = {kind: {r["checkpoint"]: r for r in json.loads(request(port, "GET", f"/api/ratings?kind={kind}")[2])}
+               for kind in ("fixed", "ffa")}
+    assert by_kind["fixed"][winner]["elo"] == 1016.0 and by_kind["ffa"][winner]["elo"] == 1000.0
+    assert "Free-for-alls" in request(port, "GET", "/ratings?kind=ffa")[2].decode()
+    assert json.loads(request(port, "GET", "/api/ratings?kind=<bad>")[2]) == json.loads(data)  # unknown: all votes
 
 
 def test_binds_to_loopback_by_default_and_elsewhere_only_when_allowed(tmp_path, caplog):
@@ -184,9 +192,42 @@ def test_export_writes_csv_and_a_png_plot(arena, tmp_path):
     for answer in ({"winner": "a"}, {"winner": "draw"}):
         token, _ = open_match(port)
         assert vote(port, {"token": token, **answer})[0] == 200
-    csv_path, png_path = write_exports(app.ratings(), tmp_path / "out")
+    rows, count = app.ratings()
+    assert count == 2
+    csv_path, png_path = write_exports(rows, tmp_path / "out")
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "checkpoint,votes,wins,draws,losses,elo,elo_time_weighted,mu,sigma,conservative"
     assert len(lines) == 5
     with Image.open(png_path) as image:
         assert image.format == "PNG" and image.width > 300
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "images is required"),
+    (["images={images}", "db={db}", "host=0.0.0.0"], "allow_remote=true"),
+])
+def test_the_command_reports_configuration_errors_in_one_line(tmp_path, args, message):
+    images = make_images_folder(tmp_path / "images", checkpoints=("a", "b"))
+    fill = {"images": images, "db": tmp_path / "db.sqlite"}
+    done = subprocess.run([sys.executable, "-m", "illustrious.arena", *(a.format(**fill) for a in args)],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"images": "{missing}"}, "not a folder"),
+    ({"port": 70000}, "port=70000"),
+    ({"elo": {"k": -1}}, "elo.k=-1"),
+    ({"trueskill": {"draw_probability": 2}}, "draw_probability"),
+    ({"action": "plot"}, "action=plot"),
+    ({"kinds": ["duel"]}, "kinds"),
+])
+def test_settings_are_checked_before_serving(tmp_path, override, message):
+    from illustrious.arena.cli import run
+
+    images = make_images_folder(tmp_path / "images", checkpoints=("a", "b"))
+    cfg = OmegaConf.load(Path(CONF_DIR) / "arena.yaml")
+    cfg.merge_with({"images": str(images), "db": str(tmp_path / "db.sqlite"), "hydra": None})
+    cfg.merge_with(OmegaConf.create(json.loads(json.dumps(override).replace("{missing}", str(tmp_path / "no")))))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(cfg)

@@ -120,3 +120,7 @@ def test_the_served_arena_killed_with_sigkill_keeps_every_acknowledged_vote(tmp_
     assert (tmp_path / "out" / "arena_ratings.csv").read_text() == ratings_csv(
         compute_ratings(votes, ["ckpt_a", "ckpt_b", "ckpt_c", "ckpt_d"]))
     assert (tmp_path / "out" / "arena_ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "out" / "arena_ratings_ffa.csv").read_text() == ratings_csv(
+        compute_ratings([v for v in votes if v.kind == "ffa"], ["ckpt_a", "ckpt_b", "ckpt_c", "ckpt_d"]))
+    assert {p.name for p in (tmp_path / "out").glob("*.csv")} == {
+        "arena_ratings.csv", "arena_ratings_fixed.csv", "arena_ratings_free.csv", "arena_ratings_ffa.csv"}
