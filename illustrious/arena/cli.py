@@ -63,7 +63,7 @@ def run(cfg: DictConfig, ready=None) -> None:
             raise ConfigError(f"host={cfg.host} port={cfg.port}: cannot listen there ({e.strerror or e}); choose "
                               "another port= (0 picks a free one).") from None
         log.info("arena: %d checkpoints, %d votes so far; open %s (Ctrl-C stops; every vote is already saved)",
-                 len(arena.catalog.checkpoints), len(store.votes()), server.url)
+                 len(arena.catalog.checkpoints), store.vote_count(), server.url)
         print(f"ARENA_URL {server.url}", flush=True)  # one machine-readable line (port=0 picks a free port)
         if ready is not None:
             ready(server)

@@ -11,7 +11,8 @@ Time-weighted average Elo (option): each checkpoint's rating as a step function 
 the vote log, R(t) = its rating after the last vote at or before t, averaged over [first vote, last vote]:
     TWA = (1 / (t_n - t_1)) * sum_{i=1}^{n-1} R(after vote i) * (t_{i+1} - t_i)
 It damps the dependence of the final Elo on the order of the last few votes; a rating that held for a
-long time counts for more. With one vote (or all votes at one instant) it is the current rating.
+long time counts for more. With one vote (or all votes at one instant) it is the current rating; a gap
+where the clock stepped back counts as zero.
 
 TrueSkill (Herbrich, Minka & Graepel 2007) through the `trueskill` library: each vote is one match of
 one-player teams with the vote's ranks (a duel is a 1-vs-1 match, a draw a shared rank; a free-for-all a
@@ -95,62 +96,77 @@ def pair_outcomes(ranks: tuple[int, ...] | list[int], outcome: str) -> list[tupl
     return pairs
 
 
-def elo_history(votes: list[Vote], checkpoints: list[str], settings: EloSettings
-                ) -> tuple[dict[str, float], list[tuple[float, dict[str, float]]]]:
-    """Final Elo per checkpoint and the trajectory [(voted_at, ratings after the vote)]."""
-    ratings = {name: settings.initial for name in checkpoints}
-    trajectory = []
-    for vote in votes:
+def elo_deltas(vote: Vote, ratings: dict[str, float], k: float) -> dict[str, float]:
+    """Each entrant's rating change from one vote, every pair scored against the ratings before it."""
+    deltas = dict.fromkeys(vote.entrants, 0.0)
+    for i, j, score in pair_outcomes(vote.ranks, vote.outcome):
+        a, b = vote.entrants[i], vote.entrants[j]
+        new_a, new_b = elo_update(ratings[a], ratings[b], score, k)
+        deltas[a] += new_a - ratings[a]
+        deltas[b] += new_b - ratings[b]
+    return deltas
+
+
+class RatingsFold:
+    """The ratings as a fold over the vote log: `add` the votes in log order, read `rows()` at any point.
+    Folding the same log always gives the same numbers; the server keeps one and adds only new votes."""
+
+    def __init__(self, checkpoints: list[str], elo: EloSettings, trueskill: TrueSkillSettings):
+        self.settings = elo
+        self.env = trueskill.environment()
+        self.elo: dict[str, float] = {}
+        self.skill: dict = {}
+        self.counts: dict[str, list[int]] = {}  # votes, wins, draws, losses
+        self.integral: dict[str, float] = {}  # of the Elo step function over time, for the time-weighted average
+        self.span = 0.0
+        self.last_time: float | None = None
+        self.votes = 0
+        for name in checkpoints:
+            self._enter(name)
+
+    def _enter(self, name: str) -> None:
+        if name not in self.elo:  # a newcomer held the initial rating for the time already covered
+            self.elo[name] = self.settings.initial
+            self.skill[name] = self.env.create_rating()
+            self.counts[name] = [0, 0, 0, 0]
+            self.integral[name] = self.settings.initial * self.span
+
+    def add(self, vote: Vote) -> None:
         for name in vote.entrants:
-            ratings.setdefault(name, settings.initial)
-        deltas = dict.fromkeys(vote.entrants, 0.0)
+            self._enter(name)
+        if self.last_time is not None:
+            gap = max(0.0, vote.voted_at - self.last_time)  # a clock stepped back adds no time
+            for name, rating in self.elo.items():
+                self.integral[name] += rating * gap
+            self.span += gap
+        self.last_time = vote.voted_at
+        for name, delta in elo_deltas(vote, self.elo, self.settings.k).items():
+            self.elo[name] += delta
+        rated = self.env.rate([(self.skill[name],) for name in vote.entrants], ranks=list(vote.ranks))
+        for name, (rating,) in zip(vote.entrants, rated, strict=True):
+            self.skill[name] = rating
+        for name in vote.entrants:
+            self.counts[name][0] += 1
         for i, j, score in pair_outcomes(vote.ranks, vote.outcome):
-            a, b = vote.entrants[i], vote.entrants[j]
-            new_a, new_b = elo_update(ratings[a], ratings[b], score, settings.k)
-            deltas[a] += new_a - ratings[a]
-            deltas[b] += new_b - ratings[b]
-        for name, delta in deltas.items():
-            ratings[name] += delta
-        trajectory.append((vote.voted_at, dict(ratings)))
-    return ratings, trajectory
+            for name, s in ((vote.entrants[i], score), (vote.entrants[j], 1.0 - score)):
+                self.counts[name][1 if s == 1.0 else 2 if s == 0.5 else 3] += 1
+        self.votes += 1
 
+    def time_weighted(self, name: str) -> float:
+        return self.integral[name] / self.span if self.span > 0 else self.elo[name]
 
-def time_weighted_average(trajectory: list[tuple[float, dict[str, float]]], name: str, initial: float) -> float:
-    """The time-weighted average of `name`'s rating over the trajectory (definition in the module doc)."""
-    if not trajectory:
-        return initial
-    span = trajectory[-1][0] - trajectory[0][0]
-    if span <= 0:
-        return trajectory[-1][1].get(name, initial)
-    total = 0.0
-    for (t, ratings), (t_next, _) in zip(trajectory, trajectory[1:], strict=False):
-        total += ratings.get(name, initial) * (t_next - t)
-    return total / span
-
-
-def trueskill_ratings(votes: list[Vote], checkpoints: list[str], settings: TrueSkillSettings) -> dict:
-    env = settings.environment()
-    ratings = {name: env.create_rating() for name in checkpoints}
-    for vote in votes:
-        groups = [(ratings.setdefault(name, env.create_rating()),) for name in vote.entrants]
-        for name, (rated,) in zip(vote.entrants, env.rate(groups, ranks=list(vote.ranks)), strict=True):
-            ratings[name] = rated
-    return ratings
+    def rows(self) -> list[Rating]:
+        """One row per checkpoint, best Elo first."""
+        rows = [Rating(name, *self.counts[name], self.elo[name], self.time_weighted(name), self.skill[name].mu,
+                       self.skill[name].sigma, self.skill[name].mu - 3 * self.skill[name].sigma)
+                for name in sorted(self.elo)]
+        return sorted(rows, key=lambda r: (-r.elo, r.checkpoint))
 
 
 def compute_ratings(votes: list[Vote], checkpoints: list[str], elo: EloSettings = EloSettings(),
                     trueskill: TrueSkillSettings = TrueSkillSettings()) -> list[Rating]:
     """One row per checkpoint (those in the catalog and any named in the log), best Elo first."""
-    names = sorted({*checkpoints, *(name for vote in votes for name in vote.entrants)})
-    final, trajectory = elo_history(votes, names, elo)
-    skill = trueskill_ratings(votes, names, trueskill)
-    counts = {name: [0, 0, 0, 0] for name in names}  # votes, wins, draws, losses
+    fold = RatingsFold(checkpoints, elo, trueskill)
     for vote in votes:
-        for name in vote.entrants:
-            counts[name][0] += 1
-        for i, j, score in pair_outcomes(vote.ranks, vote.outcome):
-            for name, s in ((vote.entrants[i], score), (vote.entrants[j], 1.0 - score)):
-                counts[name][1 if s == 1.0 else 2 if s == 0.5 else 3] += 1
-    rows = [Rating(name, *counts[name], final[name], time_weighted_average(trajectory, name, elo.initial),
-                   skill[name].mu, skill[name].sigma, skill[name].mu - 3 * skill[name].sigma) for name in names]
-    return sorted(rows, key=lambda r: (-r.elo, r.checkpoint))
+        fold.add(vote)
+    return fold.rows()

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import socket
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +28,7 @@ from illustrious.arena import page
 from illustrious.arena.catalog import Catalog
 from illustrious.arena.export import ratings_csv
 from illustrious.arena.pairing import KINDS, Pairing
-from illustrious.arena.ratings import EloSettings, TrueSkillSettings, compute_ratings
+from illustrious.arena.ratings import EloSettings, Rating, RatingsFold, TrueSkillSettings
 from illustrious.arena.store import AlreadyVoted, ArenaStore, UnknownMatch
 from illustrious.arena.votes import BadVote, ranks_for, token_of
 from illustrious.errors import ConfigError
@@ -57,6 +58,8 @@ class Arena:
         self.catalog, self.store, self.pairing = catalog, store, pairing
         self.elo = elo or EloSettings()
         self.trueskill = trueskill or TrueSkillSettings()
+        self._folds: dict[str | None, tuple[RatingsFold, int]] = {}  # kind -> (fold, last vote id folded in)
+        self._folds_lock = threading.Lock()
 
     def new_match(self, kind: str) -> tuple[str, str, int]:
         """(token, prompt text, number of images) of a newly served match."""
@@ -97,10 +100,18 @@ class Arena:
             return HTTPStatus.CONFLICT, {"error": "this match was already voted on"}
         return HTTPStatus.OK, {"recorded": vote.id}
 
-    def ratings(self, kind: str | None = None):
-        """Ratings from every vote, or from the votes of one kind of match."""
-        votes = [v for v in self.store.votes() if kind is None or v.kind == kind]
-        return compute_ratings(votes, self.catalog.checkpoints, self.elo, self.trueskill), len(votes)
+    def ratings(self, kind: str | None = None) -> tuple[list[Rating], int]:
+        """(rows, number of votes) from every vote, or from the votes of one kind of match. The log only grows,
+        so each kind's fold is kept and only new votes are added (TrueSkill free-for-alls cost milliseconds
+        each; a long log is not refolded per page view); the numbers equal a fold of the whole log."""
+        with self._folds_lock:
+            fold, last_id = self._folds.get(kind) or (RatingsFold(self.catalog.checkpoints, self.elo, self.trueskill), 0)
+            for vote in self.store.votes(after_id=last_id):
+                if kind is None or vote.kind == kind:
+                    fold.add(vote)
+                last_id = vote.id
+            self._folds[kind] = (fold, last_id)
+            return fold.rows(), fold.votes
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -154,10 +165,10 @@ class Handler(BaseHTTPRequestHandler):
         kind = kind if kind in KINDS else None  # ratings of any kind in the log, served by this run or not
         arena = self.arena
         if path == "/":
-            return self._html(page.index_page(arena.pairing.kinds, len(arena.store.votes()), len(arena.catalog.checkpoints)))
+            return self._html(page.index_page(arena.pairing.kinds, arena.store.vote_count(), len(arena.catalog.checkpoints)))
         if (m := MATCH_ROUTE.match(path)) and m[1] in arena.pairing.kinds:
             token, prompt, n = arena.new_match(m[1])
-            return self._html(page.match_page(m[1], token, prompt, n, arena.pairing.kinds, len(arena.store.votes())))
+            return self._html(page.match_page(m[1], token, prompt, n, arena.pairing.kinds, arena.store.vote_count()))
         if m := IMAGE_ROUTE.match(path):
             image = arena.image_path(m[1], int(m[2]))
             if image is None:

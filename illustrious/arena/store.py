@@ -155,13 +155,18 @@ class ArenaStore:
                 raise
         return Vote(cursor.lastrowid, token, kind, prompt_index, entrants, tuple(ranks), outcome, voted_at)
 
-    def votes(self) -> list[Vote]:
-        """The vote log in the order the votes were committed."""
+    def votes(self, after_id: int = 0) -> list[Vote]:
+        """The vote log (from vote `after_id` on) in the order the votes were committed: writers are
+        serialised, so ids grow in commit order and the log is append-only."""
         with self._lock:
             rows = self._db.execute("SELECT id, token, kind, prompt_index, entrants, ranks, outcome, voted_at "
-                                    "FROM votes ORDER BY id").fetchall()
+                                    "FROM votes WHERE id > ? ORDER BY id", (after_id,)).fetchall()
         return [Vote(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), tuple(json.loads(r[5])), r[6], r[7])
                 for r in rows]
+
+    def vote_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
 
     def served_count(self) -> int:
         with self._lock:

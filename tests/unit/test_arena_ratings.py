@@ -20,9 +20,7 @@ from illustrious.arena.ratings import (
     TrueSkillSettings,
     compute_ratings,
     elo_expected,
-    elo_history,
     elo_update,
-    time_weighted_average,
 )
 from illustrious.arena.store import Vote
 from illustrious.errors import ConfigError
@@ -94,9 +92,13 @@ def test_time_weighted_average_integrates_the_rating_over_time():
     rows = by_name(compute_ratings(votes, ["x", "y"]))
     assert rows["x"].elo_time_weighted == pytest.approx((1016 * 10 + x2 * 30) / 40, abs=1e-9)
     assert rows["y"].elo_time_weighted == pytest.approx((984 * 10 + (2000 - x2) * 30) / 40, abs=1e-9)
-    _, trajectory = elo_history(votes[:1], ["x", "y"], EloSettings())
-    assert time_weighted_average(trajectory, "x", 1000.0) == 1016.0  # one vote: the current rating
-    assert time_weighted_average([], "x", 1000.0) == 1000.0
+    assert by_name(compute_ratings(votes[:1], ["x", "y"]))["x"].elo_time_weighted == 1016.0  # one vote: current
+    assert by_name(compute_ratings([], ["x"]))["x"].elo_time_weighted == 1000.0
+    # a checkpoint first seen in the third vote held the initial rating before it
+    late = [*votes[:2], vote(3, ["w", "x"], [0, 1], at=140.0), vote(4, ["w", "y"], [0, 1], at=150.0)]
+    w3 = 1000 + 32 * (1 - 1 / (1 + 10 ** ((x2 - 1000) / 400)))
+    assert by_name(compute_ratings(late, ["x", "y"]))["w"].elo_time_weighted == pytest.approx(
+        (1000 * 40 + w3 * 10) / 50, abs=1e-9)
 
 
 def trueskill_two_player(mu_w, s_w, mu_l, s_l, draw, beta=25 / 6, tau=25 / 300, p=0.1):

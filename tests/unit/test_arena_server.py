@@ -19,6 +19,7 @@ from PIL import Image
 from illustrious.arena.catalog import scan
 from illustrious.arena.export import write_exports
 from illustrious.arena.pairing import Pairing
+from illustrious.arena.ratings import compute_ratings
 from illustrious.arena.server import Arena, make_server
 from illustrious.arena.store import ArenaStore
 from illustrious.config import CONF_DIR
@@ -171,6 +172,14 @@ def test_ratings_are_served_from_the_vote_log(arena):
     assert by_kind["fixed"][winner]["elo"] == 1016.0 and by_kind["ffa"][winner]["elo"] == 1000.0
     assert "Free-for-alls" in request(port, "GET", "/ratings?kind=ffa")[2].decode()
     assert json.loads(request(port, "GET", "/api/ratings?kind=<bad>")[2]) == json.loads(data)  # unknown: all votes
+    # the server adds new votes to its kept ratings: the same numbers as folding the whole log afresh
+    for kind, answer in (("ffa", {"order": [2, 3, 0, 1]}), ("free", {"winner": "a"}), ("ffa", {"best": 1})):
+        token, _ = open_match(port, kind)
+        assert vote(port, {"token": token, **answer})[0] == 200
+        for k in (None, "ffa"):
+            kept, count = app.ratings(k)
+            log = [v for v in app.store.votes() if k is None or v.kind == k]
+            assert kept == compute_ratings(log, app.catalog.checkpoints) and count == len(log)
 
 
 def test_binds_to_loopback_by_default_and_elsewhere_only_when_allowed(tmp_path, caplog):
