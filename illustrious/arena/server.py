@@ -118,6 +118,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "IllustriousArena"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may sit idle or trickle a request before it is dropped
 
     @property
     def arena(self) -> Arena:
@@ -133,8 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in SECURITY_HEADERS.items():
             self.send_header(key, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def _json(self, status: int, obj) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
@@ -185,8 +185,6 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/ratings.csv":
             return self._send(HTTPStatus.OK, ratings_csv(arena.ratings(kind)[0]).encode(), "text/csv; charset=utf-8")
         return self._not_found()
-
-    do_HEAD = do_GET
 
     def do_POST(self) -> None:  # noqa: N802
         if not self._host_allowed():
