@@ -116,3 +116,19 @@ def test_real_size_models_come_from_the_shipped_architectures(model, params):
     width = 2048 if model == "sdxl" else 2304  # CLIP-L + bigG states; Gemma-2-2B's hidden size
     assert cond.tokens.shape == (2, 77 if model == "sdxl" else 256, width)
     assert (cond.pooled is not None) == (model == "sdxl")
+
+
+def test_device_script_is_valid_bash_and_brings_the_missing_packages():
+    """benchmarks/gpu_run.sh runs once on a lent GPU: a syntax error there would cost the lease. (Its whole dry path,
+    `DRY=1 ... bash benchmarks/gpu_run.sh`, takes minutes on the CPU and is run by hand; see the script's header.)"""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_run.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    wheels = set(re.findall(r"([a-z][a-z0-9-]*)==", text))
+    # the packages the device machine lacks, and what they need that it lacks too
+    assert {"diffusers", "hydra-core", "omegaconf", "antlr4-python3-runtime", "webdataset"} <= wheels
+    assert "--budget-s" in text and "--out \"$OUT/throughput.json\"" in text
