@@ -82,7 +82,8 @@ class SDXLBackbone(Backbone):
         file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
 
         A single file is built with the architecture shipped in the package, or `config`'s (a diffusers folder
-        of another size); its tokenizers come from `tokenizer_1`/`tokenizer_2` or `config`. What the weights
+        of another size); its tokenizers come from `tokenizer_1`/`tokenizer_2`, else `config`, else SDXL's own
+        (shipped in the package). What the weights
         predict (v_pred/ztsnr keys, modelspec metadata, scheduler config) is kept in `pretrained_prediction`,
         and training refuses a different objective while `check_prediction_type` is on.
         """
