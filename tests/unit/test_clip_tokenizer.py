@@ -123,3 +123,15 @@ def test_sdxl_single_file_without_tokenizers_uses_the_shipped_ones(tmp_path):
         SDXLBackbone.from_config(vae, "clip_tiny", "clip_tiny", unet=unet, text_encoder_1=text,
                                  text_encoder_2=text).save_pretrained(small)
         SDXLBackbone.from_pretrained(str(path), config=str(small), tokenizer_1="clip_l")
+
+
+def test_lumina_single_file_without_tokenizer_names_the_folder_to_pass(tmp_path):
+    """Gemma-2's tokenizer is not shipped (no package registry carries it): the message says what to set."""
+    from illustrious.backbones.lumina import LuminaBackbone
+    from illustrious.errors import ConfigError
+    from illustrious.weights.writing import write_safetensors
+
+    path = tmp_path / "illustrious-lumina.safetensors"
+    write_safetensors({"cap_embedder.0.weight": torch.ones(2)}, path)
+    with pytest.raises(ConfigError, match=r"backbone\.tokenizer=<folder>.*Lumina-Image-2\.0/tokenizer.*backbone\.base="):
+        LuminaBackbone.from_pretrained(str(path))
