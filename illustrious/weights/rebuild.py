@@ -3,11 +3,13 @@
 The run config comes from the checkpoint only through `run_config.rebuild_run_config` (our own config groups,
 plus the user's config folders named on the command line). The checkpoint's `state_dict` holds every weight,
 LoRA adapters included, so files the run started from are not read again: a moved `lora.weights` file is not
-needed to sample or export.
+needed to sample or export, nor is an SDXL single file given as `backbone.weights` (its architecture is built
+on the meta device and the checkpoint's tensors are assigned).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,21 @@ def without_start_files(run_cfg: DictConfig) -> DictConfig:
     return run_cfg
 
 
+def backbone_without_weights(run_cfg: DictConfig):
+    """The backbone built without reading `backbone.weights`, where its loader can (it takes
+    `weights_in_checkpoint`); else None and the backbone is built as usual. The target is our own config's."""
+    from hydra.utils import get_method
+
+    from illustrious.config import instantiate
+
+    node = run_cfg.backbone
+    if node.get("weights") is None:
+        return None
+    if "weights_in_checkpoint" not in inspect.signature(get_method(node._target_)).parameters:
+        return None
+    return instantiate(node, weights_in_checkpoint=True)
+
+
 def module_from_checkpoint(checkpoint: str | Path, allow_pickle: bool = False, config_dirs: Any = None
                            ) -> tuple[Any, DictConfig, dict]:
     """(DiffusionModule with the checkpoint's weights, its rebuilt run config, the checkpoint itself)."""
@@ -47,6 +64,8 @@ def module_from_checkpoint(checkpoint: str | Path, allow_pickle: bool = False, c
     ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
     # the stored config only selects our own config groups (and the user's, given here); it never names code
     run_cfg = rebuild_run_config(ckpt, source=str(checkpoint), config_dirs=config_dirs)
-    module = build_module(without_start_files(run_cfg))
-    module.load_state_dict(ckpt["state_dict"])
+    run_cfg_to_build = without_start_files(run_cfg)
+    module = build_module(run_cfg_to_build, backbone=backbone_without_weights(run_cfg_to_build))
+    # parameters made on the meta device take the checkpoint's tensors themselves
+    module.load_state_dict(ckpt["state_dict"], assign=any(p.is_meta for p in module.parameters()))
     return module, run_cfg, ckpt

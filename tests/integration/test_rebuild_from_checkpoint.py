@@ -111,3 +111,33 @@ def test_rebuilding_does_not_read_the_lora_file_the_run_continued_from(tmp_path)
     state = load_checkpoint_file(out / "checkpoints" / "last.safetensors")["state_dict"]
     lora_keys = [k for k in state if "lora_" in k]
     assert lora_keys and all(torch.equal(module.state_dict()[k], state[k]) for k in lora_keys)
+
+
+def test_rebuilding_does_not_read_the_sdxl_single_file_the_run_started_from(tmp_path):
+    """A run started from `backbone=sdxl backbone.weights=<single file>`: after the file moved, the checkpoint
+    still rebuilds (architecture on the meta device, every tensor from the checkpoint) and samples."""
+    from illustrious.checkpoint_io import load_checkpoint_file
+    from illustrious.sample import load_module
+    from illustrious.train import build_module, train
+    from illustrious.weights.writing import write_safetensors
+
+    torch.manual_seed(0)
+    start = build_module(compose_config(["backbone=sdxl_tiny_vae"], tmp_path / "build")).backbone
+    folder, single = tmp_path / "tiny_sdxl", tmp_path / "start.safetensors"
+    start.save_pretrained(folder)
+    write_safetensors(start.original_state_dict(), single)
+    out = tmp_path / "run"
+    train(compose_config([*FAST, *QUIET, "backbone=sdxl", f"backbone.weights={single}", f"backbone.config={folder}",
+                          "objective=eps"], out))
+    single.rename(tmp_path / "moved.safetensors")
+
+    checkpoint = out / "checkpoints" / "last.safetensors"
+    module, _ = load_module(str(checkpoint), device="cpu")
+    state = load_checkpoint_file(checkpoint)["state_dict"]
+    loaded = module.state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not any(p.is_meta for p in module.parameters())
+    with torch.no_grad():
+        cond = module.backbone.encode_text(["a red circle"])
+        x = torch.randn(1, module.backbone.latent_channels, 8, 8)
+        assert torch.isfinite(module.backbone(x, torch.tensor([0.5]), cond)).all()

@@ -77,7 +77,7 @@ class SDXLBackbone(Backbone):
     def from_pretrained(cls, weights: str | None = None, config: str | None = None, tokenizer_1: str | None = None,
                         tokenizer_2: str | None = None, allow_pickle: bool = False,
                         check_prediction_type: bool = True, max_chunks: int = 3,
-                        mask_padding: bool = False) -> SDXLBackbone:
+                        mask_padding: bool = False, weights_in_checkpoint: bool = False) -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder{,_2}/, tokenizer{,_2}/, vae/) or from one
         file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
 
@@ -86,8 +86,19 @@ class SDXLBackbone(Backbone):
         (shipped in the package). What the weights
         predict (v_pred/ztsnr keys, modelspec metadata, scheduler config) is kept in `pretrained_prediction`,
         and training refuses a different objective while `check_prediction_type` is on.
+
+        `weights_in_checkpoint` (set when a trained run is rebuilt from its checkpoint, which holds every weight):
+        a single file is not read, its architecture is built with parameters on the meta device.
         """
         from illustrious.weights import markers
+        from illustrious.weights.safe_read import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
+
+        if weights_in_checkpoint and weights and Path(weights).suffix in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES):
+            from illustrious.backbones.sdxl.single_file import build_architecture
+
+            unet, te1, te2, tok1, tok2, vae = build_architecture(config, tokenizer_1, tokenizer_2)
+            return cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks),
+                       LatentAutoencoder(vae), mask_padding)
 
         root = locate_weights(weights, FOLDER_PARTS, "sdxl", "illustrious-xl.safetensors")
         if root.is_file():

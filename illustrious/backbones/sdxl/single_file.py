@@ -64,6 +64,24 @@ def load_single_file(path: Path, config_dir: str | None = None, tokenizer_1: str
     return unet, clip_l, clip_g, tok1, tok2, vae, prediction
 
 
+def build_architecture(config_dir: str | None = None, tokenizer_1: str | None = None, tokenizer_2: str | None = None):
+    """(unet, clip_l, clip_g, tokenizer_1, tokenizer_2, vae) of a single file's architecture, parameters on the
+    meta device and no file read: for rebuilding a trained run whose checkpoint holds every weight."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok1 = tokenizer_folder(tokenizer_1, config_dir, "tokenizer")
+    tok2 = tokenizer_folder(tokenizer_2, config_dir, "tokenizer_2")
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(component_config(config_dir, "unet", "sdxl_unet"))
+        vae = AutoencoderKL.from_config(component_config(config_dir, "vae", "sdxl_vae"))
+        clip_l = CLIPTextModel(CLIPTextConfig.from_dict(component_config(config_dir, "text_encoder", "sdxl_text_encoder")))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(
+            component_config(config_dir, "text_encoder_2", "sdxl_text_encoder_2")))
+    return unet, clip_l, clip_g, tok1, tok2, vae
+
+
 def _text_state_dict(cls, config, state_dict):
     """Convert for this transformers version's layout (CLIPTextModel lost its `text_model.` wrapper in 5.6);
     `state_dict` may be a function of the (empty, meta-device) model, as diffusers' OpenCLIP converter needs."""
