@@ -269,8 +269,8 @@ def validate_choices(choices: Mapping, source: str, config_dirs: tuple[str, ...]
         if not OPTION_NAME.match(option) or option not in known[group]:
             folders = f" in {', '.join(config_dirs)}" if config_dirs else ""
             hint = USER_FOLDER_HINT if OPTION_NAME.match(option) else ""
-            raise ConfigError(f"{source}: stored choice {group}={option!r} is not one of the options of '{group}' "
-                              f"({', '.join(known[group])}) in the package{folders}. {hint}".rstrip())
+            raise ConfigError(f"{source}: stored choice {group}={option!r} is not one of our options for '{group}' "
+                              f"({', '.join(known[group])}, in the package{folders}). {hint}".rstrip())
         valid[group] = option
     return valid
 

@@ -84,7 +84,7 @@ def test_a_checkpoint_cannot_name_a_folder(user_run, tmp_path):
     conf, _ = user_run
     for option in ("../my_conf/backbone/my_lumina", str(conf / "backbone" / "my_lumina"), "file://x"):
         crafted = {STORED_KEY: {"format": 1, "choices": {"backbone": option}, "values": {}}}
-        with pytest.raises(ConfigError, match="is not one of the options"):
+        with pytest.raises(ConfigError, match="is not one of our options"):
             rebuild_run_config(crafted, source="crafted", config_dirs=[str(conf)])
     with pytest.raises(ConfigError, match="does not exist"):
         rebuild_run_config({STORED_KEY: {"format": 1, "choices": {}, "values": {}}}, source="x",
