@@ -46,7 +46,7 @@ class SDXLBackbone(Backbone):
     def from_config(cls, autoencoder: nn.Module, tokenizer_1: str, tokenizer_2: str, unet: Mapping | None = None,
                     text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None,
                     tokenizer_max_length: int | None = None, max_chunks: int = 3,
-                    mask_padding: bool = False) -> SDXLBackbone:
+                    mask_padding: bool = False, native_resolution: int | None = None) -> SDXLBackbone:
         """SDXL's architecture with `unet` / `text_encoder_*` overrides (tiny flavors change only widths).
 
         `tokenizer_max_length` shortens the token sequence (SDXL: 77) where prompts are known to be short.
@@ -70,14 +70,17 @@ class SDXLBackbone(Backbone):
             cross_attention_dim=te1.config.hidden_size + te2.config.hidden_size,
             projection_class_embeddings_input_dim=te2.config.projection_dim + 6 * config["addition_time_embed_dim"],
         )
-        return cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1, max_chunks),
-                   CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
+        backbone = cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1, max_chunks),
+                       CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
+        backbone.declared_native_resolution = native_resolution
+        return backbone
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, config: str | None = None, tokenizer_1: str | None = None,
                         tokenizer_2: str | None = None, allow_pickle: bool = False,
                         check_prediction_type: bool = True, max_chunks: int = 3,
-                        mask_padding: bool = False, weights_in_checkpoint: bool = False) -> SDXLBackbone:
+                        mask_padding: bool = False, native_resolution: int | None = None,
+                        weights_in_checkpoint: bool = False) -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder{,_2}/, tokenizer{,_2}/, vae/) or from one
         file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
 
@@ -97,11 +100,10 @@ class SDXLBackbone(Backbone):
             from illustrious.backbones.sdxl.single_file import build_architecture
 
             unet, te1, te2, tok1, tok2, vae = build_architecture(config, tokenizer_1, tokenizer_2)
-            return cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks),
-                       LatentAutoencoder(vae), mask_padding)
-
-        root = locate_weights(weights, FOLDER_PARTS, "sdxl", "illustrious-xl.safetensors")
-        if root.is_file():
+            backbone = cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks),
+                           LatentAutoencoder(vae), mask_padding)
+            prediction = None  # what the file says was checked when the run trained
+        elif (root := locate_weights(weights, FOLDER_PARTS, "sdxl", "illustrious-xl.safetensors")).is_file():
             from illustrious.backbones.sdxl.single_file import load_single_file
 
             unet, te1, te2, tok1, tok2, vae, prediction = load_single_file(root, config, tokenizer_1, tokenizer_2,
@@ -113,6 +115,7 @@ class SDXLBackbone(Backbone):
             prediction = markers.from_diffusers_folder(root)
         backbone.pretrained_prediction = prediction
         backbone.check_prediction_type = check_prediction_type
+        backbone.declared_native_resolution = native_resolution
         return backbone
 
     @classmethod
