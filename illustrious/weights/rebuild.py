@@ -66,6 +66,10 @@ def module_from_checkpoint(checkpoint: str | Path, allow_pickle: bool = False, c
     run_cfg = rebuild_run_config(ckpt, source=str(checkpoint), config_dirs=config_dirs)
     run_cfg_to_build = without_start_files(run_cfg)
     module = build_module(run_cfg_to_build, backbone=backbone_without_weights(run_cfg_to_build))
-    # parameters made on the meta device take the checkpoint's tensors themselves
-    module.load_state_dict(ckpt["state_dict"], assign=any(p.is_meta for p in module.parameters()))
+    state = ckpt["state_dict"]
+    meta = any(p.is_meta for p in module.parameters())
+    if meta:  # parameters made on the meta device take the checkpoint's tensors, in the dtypes the model has
+        own = module.state_dict()
+        state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, assign=meta)
     return module, run_cfg, ckpt
