@@ -188,11 +188,9 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", allow_pick
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix != ".safetensors":
-        if not allow_pickle:  # one refusal, worded once, for checkpoints and weight files alike
-            from illustrious.weights.safe_read import pickle_refusal
+        from illustrious.weights.safe_read import read_pickle  # one pickle reader for checkpoints and weights
 
-            raise ValueError(pickle_refusal(path))
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_pickle(path, allow_pickle, map_location)
         check_finite(checkpoint, f"Checkpoint {path}")
         return checkpoint
     from safetensors import safe_open

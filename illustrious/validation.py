@@ -292,6 +292,7 @@ SAMPLE = {
     "diagnostics": boolean(),
     "device": text("cuda"),
     "allow_pickle": boolean("false"),
+    "config_dir": text("my_conf", null=True),
 }
 
 CACHE_LATENTS = {
