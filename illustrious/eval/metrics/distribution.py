@@ -43,19 +43,31 @@ def reference_files(folder: str | Path, key: str = "reference_images") -> list[P
     return files
 
 
-def add_real_images(metric, files: list[Path], size: tuple[int, int], batch_size: int = 32) -> int:
-    """Feed the reference images (resized to the generated size) to a FID/KID metric; returns how many
-    decoded. Files that do not decode are skipped, counted and named in the log."""
+def add_real_images(metric, files: list[Path], batch_size: int = 32) -> int:
+    """Feed the reference images to a FID/KID metric at their own size (the feature model resizes them as it
+    resizes generated images); returns how many decoded. Files that do not decode are skipped, counted and
+    named in the log."""
     import torch
 
     used = 0
     for start in range(0, len(files), batch_size):
-        images, skipped = load_images(files[start:start + batch_size], size)
+        images, skipped = load_images(files[start:start + batch_size])
         for file in skipped:
             log.warning("reference image %s does not decode; skipped", file)
-        if images:
-            metric.update(torch.stack(images), real=True)
-            used += len(images)
+        for group in same_size_runs(images):
+            metric.update(torch.stack(group), real=True)
+        used += len(images)
     if used < 2:
         raise ConfigError(f"Only {used} reference images decoded; FID/KID need at least 2.")
     return used
+
+
+def same_size_runs(images: list) -> list[list]:
+    """Consecutive images of one size together, so each run stacks into a batch."""
+    runs: list[list] = []
+    for image in images:
+        if runs and runs[-1][0].shape == image.shape:
+            runs[-1].append(image)
+        else:
+            runs.append([image])
+    return runs

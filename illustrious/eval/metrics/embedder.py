@@ -71,7 +71,7 @@ class TimmEmbedder(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
         self.num_features = int(self.model.num_features)
-        self.model.eval().requires_grad_(False)
+        self.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):  # the embedder stays in eval mode (FID wraps it in a training module)
         return super().train(False)
