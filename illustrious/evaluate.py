@@ -64,14 +64,25 @@ class _NoTensors(dict):
 def stored_run_config(path: str, allow_pickle: bool) -> DictConfig:
     """A checkpoint's run config, rebuilt (only) through `rebuild_run_config` from the file's metadata alone,
     without reading its weights, so every checkpoint is checked before the first one generates."""
-    from illustrious.checkpoint_io import STRUCTURE_KEY, _decode, load_checkpoint_file, read_header
+    from illustrious.checkpoint_io import (
+        STRUCTURE_KEY,
+        CheckpointError,
+        _decode,
+        load_checkpoint_file,
+        read_header,
+    )
     from illustrious.weights.run_config import LEGACY_KEY, STORED_KEY, rebuild_run_config
 
     if Path(path).suffix == ".safetensors":
-        metadata = read_header(path).get("__metadata__") or {}
-        if STRUCTURE_KEY not in metadata:
-            raise ConfigError(f"{path} is not an Illustrious training checkpoint (no structure in its metadata).")
-        checkpoint = _decode(json.loads(metadata[STRUCTURE_KEY]), _NoTensors())
+        try:
+            metadata = read_header(path).get("__metadata__") or {}
+            if STRUCTURE_KEY not in metadata:
+                raise ConfigError(f"{path} is not an Illustrious training checkpoint (no structure in its metadata).")
+            checkpoint = _decode(json.loads(metadata[STRUCTURE_KEY]), _NoTensors())
+        except (CheckpointError, ValueError) as error:  # truncated, corrupted header, unknown structure
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"checkpoints: {path} cannot be read: {error}") from None
     else:
         checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
     if not isinstance(checkpoint, dict):

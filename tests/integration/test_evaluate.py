@@ -199,3 +199,14 @@ def test_command_line_and_a_crafted_checkpoint(runs, assets, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ok" / "metrics.md").read_text().count("\n") == 3
     assert (tmp_path / "ok" / "grid.png").is_file()
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    from illustrious.evaluate import evaluate
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle on the left, on a black background.\n")
+    with pytest.raises(ConfigError, match=r"checkpoints: .*broken.safetensors cannot be read: .* is truncated"):
+        evaluate(evaluate_config(f"checkpoints=[{broken}]", f"prompts={prompts}", out_dir=tmp_path / "eval"))
