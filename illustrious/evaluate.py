@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from illustrious.config import CONF_DIR
 from illustrious.errors import ConfigError, reported_config_errors
+from illustrious.weights.rebuild import config_dirs_of
 
 log = logging.getLogger(__name__)
 
@@ -54,40 +55,23 @@ def folder_name(index: int, label: str) -> str:
     return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
 
 
-class _NoTensors(dict):
-    """Stands in for a checkpoint's tensors when only its structure (the stored run config) is read."""
-
-    def __missing__(self, key):
-        return None
-
-
-def stored_run_config(path: str, allow_pickle: bool) -> DictConfig:
+def stored_run_config(path: str, allow_pickle: bool, config_dirs=None) -> DictConfig:
     """A checkpoint's run config, rebuilt (only) through `rebuild_run_config` from the file's metadata alone,
     without reading its weights, so every checkpoint is checked before the first one generates."""
-    from illustrious.checkpoint_io import (
-        STRUCTURE_KEY,
-        CheckpointError,
-        _decode,
-        load_checkpoint_file,
-        read_header,
-    )
+    from illustrious.checkpoint_io import CheckpointError, load_checkpoint_file, read_structure
     from illustrious.weights.run_config import LEGACY_KEY, STORED_KEY, rebuild_run_config
 
-    if Path(path).suffix == ".safetensors":
-        try:
-            metadata = read_header(path).get("__metadata__") or {}
-            if STRUCTURE_KEY not in metadata:
-                raise ConfigError(f"{path} is not an Illustrious training checkpoint (no structure in its metadata).")
-            checkpoint = _decode(json.loads(metadata[STRUCTURE_KEY]), _NoTensors())
-        except (CheckpointError, ValueError) as error:  # truncated, corrupted header, unknown structure
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError(f"checkpoints: {path} cannot be read: {error}") from None
-    else:
-        checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
+    try:
+        if Path(path).suffix == ".safetensors":
+            checkpoint = read_structure(path)
+        else:
+            checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
+    except CheckpointError as error:  # truncated, corrupted header, not a training checkpoint
+        raise ConfigError(f"checkpoints: {error}") from None
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"{path}: its structure is malformed.")
-    return rebuild_run_config({k: checkpoint[k] for k in (STORED_KEY, LEGACY_KEY) if k in checkpoint}, source=path)
+    return rebuild_run_config({k: checkpoint[k] for k in (STORED_KEY, LEGACY_KEY) if k in checkpoint}, source=path,
+                              config_dirs=config_dirs)
 
 
 def check_sampling(cfg: DictConfig, path: str, run_cfg: DictConfig) -> None:
@@ -144,7 +128,7 @@ def check_evaluate_config(cfg: DictConfig) -> dict:
     for name in names:
         METRICS[name].check(settings, prompts, len(prompts) * cfg.num_images)
     for path in checkpoints:  # a crafted stored config is refused here, before anything is generated
-        check_sampling(cfg, path, stored_run_config(path, cfg.allow_pickle))
+        check_sampling(cfg, path, stored_run_config(path, cfg.allow_pickle, config_dirs_of(cfg)))
     return {"checkpoints": checkpoints, "labels": labels, "metrics": names, "prompts": prompts, "settings": settings}
 
 
@@ -187,7 +171,7 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, label: str, folder: Pa
     from illustrious.sample import image_size, load_module, resolve_settings
     from illustrious.sampling.generate import generate
 
-    module, run_cfg = load_module(checkpoint, cfg.allow_pickle, cfg.device)
+    module, run_cfg = load_module(checkpoint, cfg.allow_pickle, cfg.device, config_dirs_of(cfg))
     settings = resolve_settings(cfg, dict(run_cfg.get("sampling") or {}))
     height, width = image_size(cfg, run_cfg, module.backbone.pixel_multiple)
     log.info("%s: %d images at %dx%d, %s, %d steps, CFG %s", label, len(jobs), width, height, settings["sampler"],

@@ -298,7 +298,7 @@ SAMPLE = {
 EVALUATE = {
     **{key: SAMPLE[key] for key in ("negative_prompt", "sampler", "steps", "cfg", "seed", "width", "height",
                                     "num_images", "batch_size", "shift", "guidance_rescale", "cfg_trunc_ratio",
-                                    "cfg_renorm", "device", "allow_pickle")},
+                                    "cfg_renorm", "device", "allow_pickle", "config_dir")},
     "prompts": text("prompts.txt"),
     "out_dir": text("evaluation"),
     "grid_cell": integer(128, min=16),
