@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.batching import Collate, LoadedBatch
 from illustrious.data.loading.sampler import BucketBatchSampler
+from illustrious.data.loading.text_cache import CaptionSources, open_text_cache
 from illustrious.data.sources.shapes import Layout, ShapesDataset
 from illustrious.errors import ConfigError
 
@@ -24,8 +25,10 @@ HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts come from a disjoint stream
 
 class ShapesDataModule(L.LightningDataModule):
     def __init__(self, width: int = 32, height: int = 32, length: int = 10_000, seed: int = 0, max_shapes: int = 2,
-                 batch_size: int = 32, num_workers: int = 0, captions: CaptionPipeline | None = None):
+                 batch_size: int = 32, num_workers: int = 0, captions: CaptionPipeline | None = None,
+                 text_cache: str | None = None, text_cache_variants: int = 4):
         super().__init__()
+        self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
         self.dataset = ShapesDataset(length=length, width=width, height=height, seed=seed, max_shapes=max_shapes)
         self.held_out = ShapesDataset(length=length, width=width, height=height, seed=seed + HELD_OUT_SEED_OFFSET,
                                       max_shapes=max_shapes)
@@ -43,6 +46,13 @@ class ShapesDataModule(L.LightningDataModule):
         h, w = self.image_size
         if h % multiple or w % multiple:
             raise ValueError(f"data.height={h} and data.width={w} must be multiples of {multiple} for this backbone.")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.text_cache and self.collate.text_cache is None:
+            sources = CaptionSources(len(self.dataset), self.dataset.caption_source)
+            signature = f"shapes(seed={self.dataset.seed}, length={self.dataset.length}, max_shapes={self.dataset.max_shapes})"
+            self.collate.text_cache = open_text_cache(self.text_cache, self.text_cache_variants, self.seed, sources,
+                                                      self.collate.captions, signature, self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
