@@ -173,6 +173,7 @@ DATA = {
     "data.latent_cache": text("/data/latents", null=True),
     "data.text_cache": text("/data/text_cache", null=True),
     "data.text_cache_variants": integer(4, min=1),
+    "data.group_by_chunks": boolean(),
     "data.batches_per_epoch": integer(1000, min=1, null=True),
     "data.resampled": boolean(),
     "data.shuffle_buffer": integer(1000, min=0),

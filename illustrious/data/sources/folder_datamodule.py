@@ -34,6 +34,7 @@ from illustrious.data.index.manifest import (
 from illustrious.data.index.report import ProblemReport
 from illustrious.data.index.selection import Selection, select
 from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.chunk_groups import chunk_counts_for
 from illustrious.data.loading.sampler import BucketBatchSampler
 from illustrious.data.loading.text_cache import CaptionSources, open_text_cache, table_digest
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
@@ -51,9 +52,10 @@ class FolderDataModule(BucketedDataModule):
                  scan_workers: int = 8, require_caption: bool = True, txt_style: str = "tags",
                  images: ImageSettings | None = None, drop_last: bool = False, latent_cache: str | None = None,
                  batch_size: int = 8, num_workers: int = 4, seed: int = 0, captions: CaptionPipeline | None = None,
-                 text_cache: str | None = None, text_cache_variants: int = 4):
+                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False):
         super().__init__(images, batch_size, num_workers, seed, captions)
         self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
+        self.group_by_chunks = group_by_chunks
         self.texts = None  # the opened TextEmbeddingCache (setup)
         if root is None or str(root).strip() == "":
             raise ConfigError("data.root is not set: point it at your image folder, e.g. data.root=/data/anime")
@@ -189,16 +191,21 @@ class FolderDataModule(BucketedDataModule):
         if self.bucket_ids is None:
             self.setup("fit")
         rank, world = self.rank_and_world()
+        collate = self.loader_collate()
+        collate.text_cache = self.texts
+        counts = None
+        if self.group_by_chunks:
+            samples = self.samples(latents=False)
+            counts = chunk_counts_for(self.trainer, CaptionSources(len(samples), samples.caption_source),
+                                      collate.caption)
         try:
             self.sampler = BucketBatchSampler(self.bucket_ids, self.batch_size, seed=self.seed, rank=rank,
-                                              world_size=world, drop_last=self.drop_last)
+                                              world_size=world, drop_last=self.drop_last, chunk_counts=counts)
         except ValueError as e:
             raise ConfigError(f"{e}: lower data.batch_size or set data.drop_last=false.") from None
         if self._resume_state:
             self.sampler.load_state_dict(self._resume_state)
         dataset = BucketBatches(self.samples(), self.sampler.members, self.bucket_ids, seed=self.seed)
-        collate = self.loader_collate()
-        collate.text_cache = self.texts
         return DataLoader(dataset, sampler=self.sampler, batch_size=None, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
