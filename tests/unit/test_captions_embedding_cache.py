@@ -189,3 +189,42 @@ def test_cache_from_other_text_encoders_or_captions_is_refused(tmp_path):
     other_prompt.text_encoders["gemma"].system_prompt = "Draw it."
     with pytest.raises(ConfigError, match="system_prompt"):
         shapes_with_cache(lumina_dir, module_for(other_prompt)).setup("fit")
+
+
+def test_a_replacement_sample_uses_its_own_cached_entry():
+    """A folder sample that fails to load is replaced by another of its bucket: without a cache it draws as the
+    sample it stands for; with one, the batch takes the replacement's own entry (its caption, its embedding)."""
+    import numpy as np
+
+    from illustrious.data.captions.rng import EpochBatch
+    from illustrious.data.images.decode import ImageError
+    from illustrious.data.loading.batching import Collate
+    from illustrious.data.sources.folder_dataset import BucketBatches
+
+    class Samples:
+        bucket_sizes = np.array([[8, 8]] * 4)
+
+        def load(self, index, rng=None):
+            if index == 1:
+                raise ImageError("decode_failed", "truncated")
+            return {"pixels": np.zeros((3, 8, 8), np.uint8), "captions": f"sample {index}"}
+
+        def row(self, index):
+            return {"path": f"{index}.png"}
+
+    class Entries:  # a stand-in cache: each entry says which (index, variant) it is
+        variants = 2
+
+        def variant_entry(self, index, variant):
+            return {"tokens": torch.full((1, 1), float(10 * index + variant))}
+
+        def collate(self, entries):
+            return torch.cat([e["tokens"] for e in entries])
+
+    loaded = BucketBatches(Samples(), {0: np.arange(4)}, np.zeros(4, int), seed=0)[EpochBatch([0, 1, 2], epoch=3)]
+    assert loaded.indices == [0, 1, 2] and loaded.loaded[0] == 0 and loaded.loaded[1] not in (1,)
+    plain = Collate(PlainCaptions(dropout=0.0))(loaded)
+    assert plain["captions"][1] == f"sample {loaded.loaded[1]}" and "conditioning" not in plain
+    cached = Collate(PlainCaptions(dropout=0.0), text_cache=Entries())(loaded)
+    keys = [variant_of(CaptionKey(0, 3, i), 2) for i in loaded.loaded]
+    assert cached["conditioning"].flatten().tolist() == [10 * i + k for i, k in zip(loaded.loaded, keys, strict=True)]
