@@ -228,3 +228,35 @@ def test_a_replacement_sample_uses_its_own_cached_entry():
     cached = Collate(PlainCaptions(dropout=0.0), text_cache=Entries())(loaded)
     keys = [variant_of(CaptionKey(0, 3, i), 2) for i in loaded.loaded]
     assert cached["conditioning"].flatten().tolist() == [10 * i + k for i, k in zip(loaded.loaded, keys, strict=True)]
+
+
+def test_cached_grouped_batches_resume_exactly(tmp_path):
+    """Text cache + chunk grouping on shapes with 10-token chunks (captions need 1 to 3): batches are mostly of
+    one chunk count, and a loader resumed from the sampler's state gives the same batches and embeddings."""
+    from itertools import islice
+
+    def backbone():
+        torch.manual_seed(0)
+        return SDXLBackbone.from_config(PixelAutoencoder(factor=2), "clip_tiny", "clip_tiny", unet=UNET,
+                                        text_encoder_1=TE, text_encoder_2=TE, tokenizer_max_length=12, max_chunks=3)
+
+    def loader(state=None):
+        module = module_for(backbone())
+        dm = shapes_with_cache(tmp_path / "texts", module, group_by_chunks=True)
+        dm.dataset.length = 32
+        dm.setup("fit")
+        if state:
+            dm.load_state_dict(state)
+        return dm, [(b["captions"], b["conditioning"].tokens) for b in islice(dm.train_dataloader(), 5)]
+
+    dm, straight = loader()
+    counts = [{t.shape[1] // 12} for _, t in straight]
+    chunks = [{len(module_for(backbone()).backbone.text_encoders["clip_l"].chunks([c]).rows) for c in caps}
+              for caps, _ in straight]
+    assert sum(len(c) == 1 for c in chunks) >= 3 and len(set().union(*chunks)) > 1, chunks  # grouped, and varied
+    assert all(len(c) == 1 for c in counts)
+    state = dm.sampler.state_dict(batches_done=2)
+    _, resumed = loader(state)
+    assert [c for c, _ in resumed[:3]] == [c for c, _ in straight[2:5]]
+    for (_, a), (_, b) in zip(resumed[:3], straight[2:5], strict=True):
+        assert torch.equal(a, b)
