@@ -97,15 +97,20 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-bigg", action="store_true")
+    parser.add_argument("--caption-rounds", type=int, default=5, help="caption rates are the median of this many")
+    parser.add_argument("--no-encoding", action="store_true", help="captions/s only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     raw = records(1000)
     for name, pipe in pipelines().items():
         for with_record in (False, True):
-            rate = caption_rate(pipe, raw, args.draws, with_record)
+            rates = [caption_rate(pipe, raw, args.draws, with_record) for _ in range(args.caption_rounds)]
             what = "record + draw" if with_record else "draw"
-            print(f"captions={name:<12} {what:<14} {rate:>9,.0f} captions/s (one core, CPU time)")
+            print(f"captions={name:<12} {what:<14} {median(rates):>9,.0f} captions/s (one core, CPU time; median of "
+                  f"{len(rates)}, range {min(rates):,.0f}-{max(rates):,.0f})")
+    if args.no_encoding:
+        return
     for (tower, label), (seconds, shape) in encoding_times(args.batch, args.rounds, not args.no_bigg).items():
         print(f"{tower:<7} batch {args.batch}, {label:<24} {seconds * 1000:8.1f} ms  states {shape}")
 

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from illustrious.backbones.base import Backbone
+from illustrious.backbones.base import Backbone, Conditioning
 from illustrious.objectives.base import Objective
 
 
@@ -59,9 +59,20 @@ class DiffusionModule(L.LightningModule):
             return batch["latents"]
         return self.backbone.encode_image(batch["pixels"])
 
+    def conditioning(self, batch: Mapping) -> Conditioning:
+        """The batch's precomputed text conditioning (`conditioning`: a text-embedding cache, or a benchmark's
+        fixed embeddings) when it carries one, else its `captions` encoded now."""
+        cond = batch.get("conditioning")
+        if cond is None:
+            return self.backbone.encode_text(batch["captions"])
+        if not self.backbone.text_encoders_frozen:  # precomputed states cannot follow training encoders
+            raise RuntimeError("The batch carries precomputed `conditioning` while a text encoder trains; freeze the "
+                               "text encoders (optim.text_encoder_lr=0) or drop the precomputed conditioning.")
+        return cond
+
     def training_step(self, batch: Mapping, batch_idx: int) -> Tensor:
         x0 = self.latents(batch)
-        cond = self.backbone.encode_text(batch["captions"])
+        cond = self.conditioning(batch)
         noise = self.objective.sample_noise(x0)
         t = self.objective.sample_t(x0.shape[0], image_seq_len=self.backbone.image_seq_len(x0), device=x0.device)
         x_t = self.objective.add_noise(x0, self.objective.input_noise(noise), t)

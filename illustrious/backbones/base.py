@@ -42,14 +42,20 @@ class Conditioning:
         return self._map(lambda x: x[index])
 
     @staticmethod
-    def cat(parts: Sequence[Conditioning]) -> Conditioning:
-        """Concatenate along the batch, padding token sequences (and masks) to the longest."""
+    def cat(parts: Sequence[Conditioning], pad_chunk: Tensor | None = None) -> Conditioning:
+        """Concatenate along the batch, padding token sequences (and masks) to the longest.
+
+        Masked parts are padded with zeros and False (never attended). Unmasked ones are padded with whole
+        copies of `pad_chunk` (C, D) when given: the encoding of the empty prompt, which is what A1111 pads a
+        shorter negative prompt with under CFG (`pad_cond` with `cond_stage_model_empty_prompt`) and what
+        encoding the prompts together gives (`prompt_chunks`); zeros without it.
+        """
         length = max(p.tokens.shape[1] for p in parts)
         has_mask = any(p.mask is not None for p in parts)
         tokens, masks = [], []
         for p in parts:
             pad = length - p.tokens.shape[1]
-            tokens.append(nn.functional.pad(p.tokens, (0, 0, 0, pad)))
+            tokens.append(p.tokens if pad == 0 else pad_tokens(p.tokens, pad, None if has_mask else pad_chunk))
             if has_mask:
                 mask = p.mask if p.mask is not None else torch.ones(p.tokens.shape[:2], dtype=torch.bool, device=p.tokens.device)
                 masks.append(nn.functional.pad(mask, (0, pad), value=False))
@@ -59,6 +65,21 @@ class Conditioning:
             mask=torch.cat(masks) if has_mask else None,
             pooled=torch.cat(pooled) if all(x is not None for x in pooled) else None,
         )
+
+    def pin_memory(self) -> Conditioning:
+        """For DataLoader(pin_memory=True) when a batch carries precomputed conditioning."""
+        return self._map(Tensor.pin_memory)
+
+
+def pad_tokens(tokens: Tensor, pad: int, pad_chunk: Tensor | None) -> Tensor:
+    """(B, L, D) -> (B, L + pad, D): zeros, or `pad / C` copies of the (C, D) `pad_chunk`."""
+    if pad_chunk is None:
+        return nn.functional.pad(tokens, (0, 0, 0, pad))
+    if pad % pad_chunk.shape[0]:
+        raise ValueError(f"Cannot pad {tokens.shape[1]} token positions by {pad} with chunks of {pad_chunk.shape[0]}: "
+                         "chunked conditionings are whole chunks long.")
+    filler = pad_chunk.to(tokens.device, tokens.dtype).repeat(pad // pad_chunk.shape[0], 1)
+    return torch.cat([tokens, filler.expand(tokens.shape[0], -1, -1)], dim=1)
 
 
 class Backbone(nn.Module):
@@ -94,6 +115,13 @@ class Backbone(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def padding_chunk(self) -> Tensor:
+        """(C, D) what pads a shorter unmasked conditioning when prompts are batched after encoding (CFG's
+        positive and negative): the empty prompt's encoding, one chunk (SDXL: `BOS EOS PAD...` through both
+        towers), as A1111 pads with `cond_stage_model_empty_prompt`. Masked conditionings pad with zeros."""
+        return self.encode_text([""]).tokens[0]
 
     def parallel_policy(self):
         """Which blocks are FSDP units and which are activation-checkpointed (`<backbone>/parallelize.py`)."""

@@ -45,6 +45,15 @@ def cfg_truncation(times: Tensor, ratio: float) -> Callable[[Tensor], bool]:
     return unguided
 
 
+def padding_chunk(model, cond: Conditioning, uncond: Conditioning) -> Tensor | None:
+    """The chunk that pads the shorter of two unmasked conditionings (`Backbone.padding_chunk`: the empty
+    prompt's encoding, A1111's choice); None (zeros with a False mask) when masked or of equal length."""
+    if cond.mask is not None or uncond.mask is not None or cond.tokens.shape[1] == uncond.tokens.shape[1]:
+        return None
+    chunk = getattr(model, "padding_chunk", None)
+    return chunk() if chunk is not None else None
+
+
 def cfg_denoiser(model: Callable, to_x0: Callable, cond: Conditioning, uncond: Conditioning | None,
                  guidance_scale: float, extras: Mapping | None = None, *, guidance_rescale: float = 0.0,
                  renormalize: bool = False, unguided: Callable[[Tensor], bool] | None = None,
@@ -59,7 +68,7 @@ def cfg_denoiser(model: Callable, to_x0: Callable, cond: Conditioning, uncond: C
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"sampling.guidance_rescale={guidance_rescale}: must be in [0, 1] (0 = off).")
     guided = uncond is not None and guidance_scale != 1.0
-    both = Conditioning.cat([cond, uncond]) if guided else cond
+    both = Conditioning.cat([cond, uncond], padding_chunk(model, cond, uncond)) if guided else cond
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         tt = t.to(x.device, x.dtype).reshape(-1).expand(x.shape[0])

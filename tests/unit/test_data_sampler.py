@@ -112,3 +112,72 @@ def test_lightning_sees_a_distributed_sampler():
 def test_too_few_samples_for_a_batch_per_rank_is_an_error():
     with pytest.raises(ValueError, match="no batch"):
         BucketBatchSampler(np.zeros(3, dtype=int), 4, world_size=2, drop_last=True)
+
+
+# -- grouping by chunk count (SDXL long prompts) ---------------------------------------------------------
+
+
+def fake_chunk_counts(epoch: int) -> np.ndarray:
+    """1, 2 or 3 chunks per sample, a pure function of (epoch, index) as caption draws are."""
+    return np.random.default_rng([99, epoch]).choice([1, 1, 1, 2, 3], size=len(BUCKETS))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_chunk_grouping_batches_equal_counts_together(drop_last):
+    plain = BucketBatchSampler(BUCKETS, 4, seed=3, drop_last=drop_last)
+    grouped = BucketBatchSampler(BUCKETS, 4, seed=3, drop_last=drop_last, chunk_counts=fake_chunk_counts)
+    assert len(grouped) == len(plain)  # the same number of batches: resume and Lightning's counts unchanged
+    for epoch in (0, 1):
+        grouped.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        counts = fake_chunk_counts(epoch)
+        batches = list(grouped)
+        assert len(batches) == len(plain)
+        # every sample in the epoch (drop_last: the same ones left out per bucket count as without grouping)
+        assert Counter(BUCKETS[i] for b in batches for i in b) == Counter(BUCKETS[i] for b in plain for i in b)
+        if not drop_last:
+            assert set().union(*map(set, batches)) == set(range(len(BUCKETS)))
+        mixed = Counter(BUCKETS[b[0]] for b in batches if len(set(counts[b])) > 1)
+        for bucket, n in mixed.items():  # at most one mixed batch per boundary between a bucket's counts
+            assert n <= len(set(counts[BUCKETS == bucket])) - 1 + (not drop_last)
+        homogeneous = sum(len(set(counts[b])) == 1 for b in batches)
+        plain_homogeneous = sum(len(set(counts[b])) == 1 for b in plain)
+        assert homogeneous > plain_homogeneous and homogeneous >= len(batches) - 2 * len(mixed)
+        assert all(len(set(BUCKETS[b])) == 1 for b in batches)  # still one bucket per batch
+
+
+@pytest.mark.parametrize("done", [0, 7])
+def test_chunk_grouping_resumes_at_the_exact_batch(done):
+    world = 2
+    full = [list(s) for s in rank_samplers(world, epoch=1, chunk_counts=fake_chunk_counts)]
+    for rank in range(world):
+        state = rank_samplers(world, epoch=1, chunk_counts=fake_chunk_counts)[rank].state_dict(batches_done=done)
+        assert state["group_by_chunks"] is True
+        after = BucketBatchSampler(BUCKETS, 4, seed=3, rank=rank, world_size=world, chunk_counts=fake_chunk_counts)
+        after.load_state_dict(state)
+        after.set_epoch(1)
+        assert list(after) == full[rank][done:]
+    # switching grouping on or off between runs restarts the epoch instead of skipping unseen samples
+    switched = BucketBatchSampler(BUCKETS, 4, seed=3, rank=0, world_size=world)
+    switched.load_state_dict(state)
+    assert len(list(switched)) == len(switched)
+
+
+def test_chunk_counts_follow_the_captions_each_epoch_draws():
+    """ChunkCounts tokenizes the caption Collate would draw, per encoder, as prompt_chunks counts chunks."""
+    from illustrious.backbones.text_encoders import CLIPPromptEncoder, load_tokenizer
+    from illustrious.data.loading.chunk_groups import ChunkCounts
+
+    tok = load_tokenizer("clip_tiny")
+    tok.model_max_length = 7  # 5 tokens per chunk
+    encoder = CLIPPromptEncoder(tok, model=None, max_chunks=3)
+    words = "red blue green circle square triangle left right top bottom black white".split()
+    sources = [words[: 2 + 3 * i] for i in range(5)]  # 2, 5, 8, 11, 14 words
+
+    def caption(source, epoch, index):  # epoch 1 drops every other word
+        return " ".join(source if epoch == 0 else source[::2])
+
+    counts = ChunkCounts(sources, caption, [encoder], batch=2)
+    assert counts(0).tolist() == [1, 1, 2, 3, 3]  # ceil(n / 5), at most 3
+    assert counts(1).tolist() == [1, 1, 1, 2, 2]
+    assert counts(1).tolist() == [max(1, min(3, -(-len(encoder.token_ids([caption(s, 1, 0)])[0]) // 5))) for s in sources]

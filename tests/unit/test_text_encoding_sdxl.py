@@ -115,3 +115,55 @@ def test_masked_cross_attention_ignores_padding():
             torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)
         else:  # SDXL's own behaviour: the filler chunks and pads are attended
             assert not torch.allclose(alone, batched, rtol=1e-4, atol=1e-5)
+
+
+class RecordingModel:
+    """Stands in for the backbone under CFG: records the batched conditioning, offers its padding chunk."""
+
+    def __init__(self, backbone):
+        self.backbone, self.seen = backbone, []
+
+    def padding_chunk(self):
+        return self.backbone.padding_chunk()
+
+    def __call__(self, x, t, cond, extras):
+        self.seen.append(cond)
+        return torch.zeros_like(x)
+
+
+def tower_states(encoder, row_ids):
+    """Penultimate hidden states of one hand-built id row, straight through a CLIP tower."""
+    return encoder.model(torch.tensor([row_ids]), output_hidden_states=True).hidden_states[-2][0]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mask_padding", [False, True])
+def test_cfg_pads_a_shorter_negative_with_empty_chunks(mask_padding):
+    """A1111 pads a shorter negative prompt with the empty prompt's encoding (`pad_cond` with
+    `cond_stage_model_empty_prompt`), not zeros; masked conditioning keeps zeros under a False mask."""
+    from illustrious.objectives import FlowObjective
+    from illustrious.sampling.guidance import cfg_denoiser
+
+    backbone = build(mask_padding=mask_padding)
+    cond, uncond = backbone.encode_text([LONG]), backbone.encode_text(["red circle"])
+    assert cond.tokens.shape[1] == 36 and uncond.tokens.shape[1] == 12  # 3 chunks against 1
+    model = RecordingModel(backbone)
+    denoise = cfg_denoiser(model, FlowObjective().to_x0, cond, uncond, 4.0)
+    denoise(torch.randn(1, 4, 8, 8), torch.tensor(0.5))
+    both = model.seen[0]
+    assert torch.equal(both.tokens[0], cond.tokens[0])
+    torch.testing.assert_close(both.tokens[1, :12], uncond.tokens[0], rtol=0, atol=0)
+    if mask_padding:  # never attended: zeros, masked out
+        assert torch.equal(both.tokens[1, 12:], torch.zeros(24, both.tokens.shape[2]))
+        assert both.mask[1].tolist() == [True] * 4 + [False] * 32
+        return
+    # the reference, by hand: the empty chunk BOS EOS PAD... through each tower, side by side, twice
+    tok = backbone.text_encoders["clip_l"].tokenizer
+    empty_ids = ids(tok, "BOS EOS " + " ".join(["PAD"] * 10))
+    empty = torch.cat([tower_states(backbone.text_encoders[k], empty_ids) for k in ("clip_l", "clip_g")], dim=-1)
+    assert not torch.equal(empty, torch.zeros_like(empty))
+    torch.testing.assert_close(both.tokens[1, 12:24], empty, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(both.tokens[1, 24:], empty, rtol=1e-6, atol=1e-6)
+    assert both.mask is None
+    # and it is what encoding the two prompts together gives (prompt_chunks fills with the empty chunk)
+    torch.testing.assert_close(both.tokens, backbone.encode_text([LONG, "red circle"]).tokens, rtol=1e-5, atol=1e-5)

@@ -1,33 +1,39 @@
 """Text-embedding caching that keeps caption augmentation: K augmented captions per sample, encoded once.
 
-Variant k of sample i is the caption the pipeline draws for (seed, epoch=k, i); at epoch e the sample
-trains on variant `variant_of(seed, e, i)`, drawn uniformly from (seed, e, i), so every epoch sees a
-different mix of the K variants. With K = 1 and a pipeline that augments, every step would see the same
+What the cache holds: for sample i, K entries; entry k is the encoding of the caption the pipeline draws
+for `CaptionKey(seed, epoch=k, index=i)`. At epoch e the sample trains on entry `variant_of((seed, e, i), K)`,
+drawn uniformly from (seed, e, i), so every epoch sees a different mix of the K variants, and the caption
+is `pipeline(source, variant_key((seed, e, i)))`, a pure function of the key as without the cache (the
+batch's `captions` say which one). With K = 1 and a pipeline that augments, every step would see the same
 caption: that is refused, since it silently turns shuffling and dropout off.
 
 Entries keep their own length: masked conditioning (Lumina; SDXL with mask_padding) is cut after the last
 real token and padded back with zeros and False; unmasked SDXL keeps its real chunks and is padded back
-with the empty chunk (`BOS EOS PAD...`), which is exactly what encoding the batch together would give.
-Stored as safetensors, one file per block of samples.
+with the empty chunk (`BOS EOS PAD...`), which is exactly what encoding the batch together gives.
+Stored as safetensors, one file per block of samples (written whole, then renamed), read lazily one entry
+at a time; `cache.json` (written last) holds what the cache was built from (`cache_fingerprint.py`), and a
+cache built from anything else is refused.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
-from illustrious.backbones.base import Backbone, Conditioning
+from illustrious.backbones.base import Backbone, Conditioning, pad_tokens
 from illustrious.data.captions.rng import CaptionKey, key_int
 from illustrious.errors import ConfigError
 
 BLOCK = 1024  # samples per file
 VARIANT_DOMAIN = 0x5EED_CAC4E  # separates the variant draw from the caption draws of the same key
+META = "cache.json"
 
 
 def check_variants(variants: int, augments: bool) -> None:
@@ -41,6 +47,11 @@ def check_variants(variants: int, augments: bool) -> None:
 
 def variant_of(key: CaptionKey, variants: int) -> int:
     return random.Random(key_int(key) ^ VARIANT_DOMAIN).randrange(variants)
+
+
+def variant_key(key: CaptionKey, variants: int) -> CaptionKey:
+    """The key whose caption the cache holds for a draw at `key`: (seed, variant, index)."""
+    return CaptionKey(key.seed, variant_of(key, variants), key.index)
 
 
 def trim(cond: Conditioning, row: int, filler: Tensor | None) -> dict[str, Tensor]:
@@ -65,57 +76,81 @@ def trim(cond: Conditioning, row: int, filler: Tensor | None) -> dict[str, Tenso
 class TextEmbeddingCache:
     def __init__(self, folder: str | Path, variants: int, seed: int):
         self.folder, self.variants, self.seed = Path(folder), variants, seed
-        self._blocks: dict[int, dict[tuple[int, int], dict[str, Tensor]]] = {}
+        self._files: dict[int, tuple] = {}  # block -> (open safetensors file, its names); per process, never pickled
         self._filler: Tensor | None = None
 
+    def __getstate__(self) -> dict:  # loader workers open their own files
+        return {**self.__dict__, "_files": {}}
+
+    def block_path(self, block: int) -> Path:
+        return self.folder / f"block-{block:06d}.safetensors"
+
     @torch.no_grad()
-    def build(self, backbone: Backbone, sources: Sequence, pipeline: Callable, batch_size: int = 64) -> None:
-        """Encode K variants of every sample's caption (`pipeline(source, CaptionKey(seed, k, i))`)."""
+    def build(self, backbone: Backbone, sources: Sequence, pipeline: Callable, batch_size: int = 64,
+              description: Mapping | None = None) -> None:
+        """Encode K variants of every sample's caption (`pipeline(source, CaptionKey(seed, k, i))`), block by
+        block; `description` (what it was built from) goes into cache.json, written last."""
         check_variants(self.variants, getattr(pipeline, "augments", True))
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / META).unlink(missing_ok=True)  # an interrupted rebuild never passes for a finished one
         empty = backbone.encode_text([""])
         filler = None if empty.mask is not None else empty.tokens[0].float().cpu()
-        items = [(i, k) for i in range(len(sources)) for k in range(self.variants)]
-        blocks: dict[int, dict[str, Tensor]] = {}
-        for start in range(0, len(items), batch_size):
-            part = items[start:start + batch_size]
-            prompts = [pipeline(sources[i], CaptionKey(self.seed, k, i)) for i, k in part]
-            cond = backbone.encode_text(prompts).to("cpu", torch.float32)
-            for row, (i, k) in enumerate(part):
-                for name, value in trim(cond, row, filler).items():
-                    blocks.setdefault(i // BLOCK, {})[f"{i}/{k}/{name}"] = value
-        for block, tensors in blocks.items():
-            save_file(tensors, str(self.folder / f"block-{block:06d}.safetensors"))
+        for block in range(-(-len(sources) // BLOCK)):
+            samples = range(block * BLOCK, min((block + 1) * BLOCK, len(sources)))
+            items = [(i, k) for i in samples for k in range(self.variants)]
+            tensors: dict[str, Tensor] = {}
+            for start in range(0, len(items), batch_size):
+                part = items[start:start + batch_size]
+                prompts = [pipeline(sources[i], CaptionKey(self.seed, k, i)) for i, k in part]
+                cond = backbone.encode_text(prompts).to("cpu", torch.float32)
+                for row, (i, k) in enumerate(part):
+                    tensors.update({f"{i}/{k}/{name}": v for name, v in trim(cond, row, filler).items()})
+            save_atomic(tensors, self.block_path(block))
         if filler is not None:
-            save_file({"filler": filler}, str(self.folder / "filler.safetensors"))
-        meta = {"variants": self.variants, "seed": self.seed, "samples": len(sources)}
-        tmp = self.folder / "cache.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(self.folder / "cache.json")
+            save_atomic({"filler": filler}, self.folder / "filler.safetensors")
+        meta = {**self.identity(len(sources)), **dict(description or {})}
+        tmp = self.folder / (META + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        tmp.replace(self.folder / META)
 
-    def check_built(self, samples: int) -> None:
-        path = self.folder / "cache.json"
-        if not path.is_file():
+    def identity(self, samples: int) -> dict:
+        return {"variants": self.variants, "seed": self.seed, "samples": samples}
+
+    def is_built(self) -> bool:
+        return (self.folder / META).is_file()
+
+    def check_built(self, samples: int, description: Mapping | None = None) -> None:
+        """Refuse a missing cache, or one built for other samples, variants, seed, text encoders or captions."""
+        if not self.is_built():
             raise ConfigError(f"No text-embedding cache at {self.folder}; build it first.")
-        meta = json.loads(path.read_text())
-        if meta != {"variants": self.variants, "seed": self.seed, "samples": samples}:
-            raise ConfigError(f"The text-embedding cache at {self.folder} was built for {meta}, not "
-                              f"variants={self.variants}, seed={self.seed}, samples={samples}; rebuild it.")
+        meta = json.loads((self.folder / META).read_text())
+        want = json.loads(json.dumps({**self.identity(samples), **dict(description or {})}))  # JSON's own types
+        wrong = [k for k in sorted(want) if meta.get(k) != want[k]]
+        if wrong:
+            details = "; ".join(f"{k}: cache has {json.dumps(meta.get(k))[:300]}, this run has "
+                                f"{json.dumps(want[k])[:300]}" for k in wrong)
+            raise ConfigError(f"The text-embedding cache at {self.folder} was built for something else ({details}). "
+                              "A cache holds one text encoder's output (weights, tokenizer, max length, system "
+                              "prompt) for one caption pipeline and data set: delete the folder to rebuild it, or "
+                              "point data.text_cache at a new one.")
 
     def entry(self, index: int, epoch: int) -> dict[str, Tensor]:
-        k = variant_of(CaptionKey(self.seed, epoch, index), self.variants)
-        block = self._blocks.get(index // BLOCK)
-        if block is None:
-            block = {}
-            for name, t in load_file(str(self.folder / f"block-{index // BLOCK:06d}.safetensors")).items():
-                i, v, field = name.split("/")
-                block.setdefault((int(i), int(v)), {})[field] = t
-            self._blocks[index // BLOCK] = block
-        return block[(index, k)]
+        """Sample `index`'s entry at `epoch` (the variant that epoch draws)."""
+        return self.variant_entry(index, variant_of(CaptionKey(self.seed, epoch, index), self.variants))
+
+    def variant_entry(self, index: int, variant: int) -> dict[str, Tensor]:
+        block = index // BLOCK
+        if block not in self._files:
+            handle = safe_open(str(self.block_path(block)), framework="pt")
+            self._files[block] = handle, set(handle.keys())
+        handle, names = self._files[block]
+        prefix = f"{index}/{variant}/"
+        return {name: handle.get_tensor(prefix + name) for name in ("tokens", "mask", "pooled") if prefix + name in names}
 
     def filler(self) -> Tensor | None:
         if self._filler is None and (self.folder / "filler.safetensors").is_file():
-            self._filler = load_file(str(self.folder / "filler.safetensors"))["filler"]
+            with safe_open(str(self.folder / "filler.safetensors"), framework="pt") as f:
+                self._filler = f.get_tensor("filler")
         return self._filler
 
     def collate(self, entries: Sequence[dict[str, Tensor]]) -> Conditioning:
@@ -124,13 +159,16 @@ class TextEmbeddingCache:
         filler = self.filler()
         tokens, masks = [], []
         for e in entries:
-            t = e["tokens"]
-            pad = length - t.shape[0]
+            t, pad = e["tokens"], length - e["tokens"].shape[0]
             if "mask" in e:
-                tokens.append(torch.nn.functional.pad(t, (0, 0, 0, pad)))
                 masks.append(torch.nn.functional.pad(e["mask"], (0, pad), value=False))
-            else:
-                tokens.append(torch.cat([t, filler.repeat(pad // filler.shape[0], 1)]) if pad else t)
+            tokens.append(t if pad == 0 else pad_tokens(t[None], pad, None if "mask" in e else filler)[0])
         pooled = [e["pooled"] for e in entries] if "pooled" in entries[0] else None
         return Conditioning(tokens=torch.stack(tokens), mask=torch.stack(masks) if masks else None,
                             pooled=torch.stack(pooled) if pooled else None)
+
+
+def save_atomic(tensors: dict[str, Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from illustrious.data.captions import CaptionPipeline
+from illustrious.data.captions import CaptionKey, CaptionPipeline
+from illustrious.data.captions.embedding_cache import TextEmbeddingCache, variant_key
 from illustrious.data.loading.sample import SIZE_KEYS
 
 CAPTION_KEY = "caption_key"  # sample-level: the CaptionKey of its caption draw
@@ -48,11 +49,13 @@ class LoadedBatch:
     # the epoch and dataset index of each position, when the sampler says (EpochBatch): per-sample RNGs
     epoch: int | None = None
     indices: list[int] | None = None
+    # the index each sample was loaded from, where a replacement differs from `indices` (None: the same)
+    loaded: list[int] | None = None
 
 
 class Collate:
     """Builds the batch format every module reads from sample records (loading/sample.py): `pixels` (or
-    `latents`), `captions`, micro-conditioning.
+    `latents`), `captions`, micro-conditioning, and with a text-embedding cache `conditioning`.
 
     A sample's `pixels` are (3, H, W) floats in [-1, 1] or uint8 in [0, 255], its `latents` any float dtype;
     the batch's are float32 (with `defer_float=True` they stay compact and whoever moves the batch to the
@@ -62,23 +65,41 @@ class Collate:
     before the batch reaches the model.
     """
 
-    def __init__(self, captions: CaptionPipeline | None = None, defer_float: bool = False, seed: int = 0):
+    def __init__(self, captions: CaptionPipeline | None = None, defer_float: bool = False, seed: int = 0,
+                 text_cache: TextEmbeddingCache | None = None):
         self.captions = captions or CaptionPipeline(dropout=0.0)
-        self.seed = seed  # with a LoadedBatch's epoch and indices: each caption drawn from sample_rng
+        self.seed = seed  # with a LoadedBatch's epoch and indices: each caption drawn from (seed, epoch, index)
         # True: 8-bit pixels and half-precision latents stay as they are, for a data module that converts
         # them after the copy to the device (`to_float`)
         self.defer_float = defer_float
+        # set: batches carry the cached encoding of each sample's caption as `conditioning` (a Conditioning)
+        self.text_cache = text_cache
+
+    def caption_key(self, epoch: int, index: int) -> CaptionKey:
+        """The key of sample `index`'s caption at `epoch` (with a text cache: the variant the cache holds)."""
+        key = CaptionKey(self.seed, epoch, index)
+        return key if self.text_cache is None else variant_key(key, self.text_cache.variants)
+
+    def caption(self, source, epoch: int, index: int) -> str:
+        """The caption sample `index` trains on at `epoch` (what a batch's `captions` holds for it)."""
+        return self.captions(source, self.caption_key(epoch, index))
 
     def __call__(self, samples: list[dict] | LoadedBatch) -> dict:
-        skipped, rngs = None, None
+        skipped, keys = None, None
         if isinstance(samples, LoadedBatch):
             if samples.epoch is not None and samples.indices is not None:
-                rngs = [sample_rng(self.seed, samples.epoch, i) for i in samples.indices]
+                # a replacement sample draws as the sample it stands for; a cached entry is its own
+                indices = samples.loaded if self.text_cache is not None and samples.loaded else samples.indices
+                keys = [self.caption_key(samples.epoch, i) for i in indices]
             samples, skipped = samples.samples, samples.skipped
-        rngs = rngs or [None] * len(samples)  # plain lists of samples: the global RNG, as before
-        # each sample's draw is keyed on (seed, epoch, index): from the loaded batch, else from the sample's own key
-        batch: dict = {"captions": [self.captions(s["captions"], r if r is not None else s.get(CAPTION_KEY))
-                                    for s, r in zip(samples, rngs, strict=True)]}
+        # plain lists of samples: each sample's own key (fresh entropy without one, never the global RNG)
+        keys = keys or [s.get(CAPTION_KEY) for s in samples]
+        batch: dict = {"captions": [self.captions(s["captions"], k) for s, k in zip(samples, keys, strict=True)]}
+        if self.text_cache is not None:
+            if any(k is None for k in keys):
+                raise RuntimeError("A text-embedding cache needs batches from the bucket sampler (epoch and indices).")
+            batch["conditioning"] = self.text_cache.collate([self.text_cache.variant_entry(k.index, k.epoch)
+                                                             for k in keys])
         for key in ("pixels", "latents"):
             if key in samples[0]:
                 batch[key] = torch.stack([torch.as_tensor(np.asarray(s[key])) for s in samples])

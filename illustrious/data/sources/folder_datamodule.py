@@ -34,7 +34,9 @@ from illustrious.data.index.manifest import (
 from illustrious.data.index.report import ProblemReport
 from illustrious.data.index.selection import Selection, select
 from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.chunk_groups import chunk_counts_for
 from illustrious.data.loading.sampler import BucketBatchSampler
+from illustrious.data.loading.text_cache import CaptionSources, open_text_cache, table_digest
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
 from illustrious.data.sources.folder_dataset import BucketBatches, FolderSamples
 from illustrious.data.storage.latent_cache import LatentCache, open_latent_cache, stamp
@@ -49,8 +51,12 @@ class FolderDataModule(BucketedDataModule):
     def __init__(self, root: str | None = None, manifest: str | None = None, rescan: bool = False,
                  scan_workers: int = 8, require_caption: bool = True, txt_style: str = "tags",
                  images: ImageSettings | None = None, drop_last: bool = False, latent_cache: str | None = None,
-                 batch_size: int = 8, num_workers: int = 4, seed: int = 0, captions: CaptionPipeline | None = None):
+                 batch_size: int = 8, num_workers: int = 4, seed: int = 0, captions: CaptionPipeline | None = None,
+                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False):
         super().__init__(images, batch_size, num_workers, seed, captions)
+        self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
+        self.group_by_chunks = group_by_chunks
+        self.texts = None  # the opened TextEmbeddingCache (setup)
         if root is None or str(root).strip() == "":
             raise ConfigError("data.root is not set: point it at your image folder, e.g. data.root=/data/anime")
         if txt_style not in TXT_STYLES:
@@ -121,6 +127,14 @@ class FolderDataModule(BucketedDataModule):
         if self.latent_cache is not None and self.latents is None:
             self._attach_latent_cache()
         self.assign_buckets()
+        if self.text_cache and self.texts is None:
+            samples = self.samples(latents=False)
+            columns = [c for c in self.selection.table.column_names if c == "path" or c.startswith("tags_")
+                       or c in ("caption", "rating", "score_tag", "year_tag", "control_tags")]
+            signature = f"folder(txt_style={self.txt_style}, rows={table_digest(self.selection.table, columns)})"
+            self.texts = open_text_cache(self.text_cache, self.text_cache_variants, self.seed,
+                                         CaptionSources(len(samples), samples.caption_source), self.caption_pipeline,
+                                         signature, self.trainer)
 
     def assign_buckets(self) -> None:
         table = self.selection.table
@@ -177,15 +191,22 @@ class FolderDataModule(BucketedDataModule):
         if self.bucket_ids is None:
             self.setup("fit")
         rank, world = self.rank_and_world()
+        collate = self.loader_collate()
+        collate.text_cache = self.texts
+        counts = None
+        if self.group_by_chunks:
+            samples = self.samples(latents=False)
+            counts = chunk_counts_for(self.trainer, CaptionSources(len(samples), samples.caption_source),
+                                      collate.caption)
         try:
             self.sampler = BucketBatchSampler(self.bucket_ids, self.batch_size, seed=self.seed, rank=rank,
-                                              world_size=world, drop_last=self.drop_last)
+                                              world_size=world, drop_last=self.drop_last, chunk_counts=counts)
         except ValueError as e:
             raise ConfigError(f"{e}: lower data.batch_size or set data.drop_last=false.") from None
         if self._resume_state:
             self.sampler.load_state_dict(self._resume_state)
         dataset = BucketBatches(self.samples(), self.sampler.members, self.bucket_ids, seed=self.seed)
-        return DataLoader(dataset, sampler=self.sampler, batch_size=None, collate_fn=self.loader_collate(),
+        return DataLoader(dataset, sampler=self.sampler, batch_size=None, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 

@@ -53,10 +53,17 @@ class FolderSamples:
             pixels, sizes = load_pixels(self.root / row["path"], row["orientation"], bucket_w, bucket_h,
                                         self.settings, rng)
             image["pixels"] = to_pixels(pixels)
-        # the caption record: tags by section for captions=illustrious/bigasp, the plain variants for plain
-        captions = record_from_row(row, self.txt_style, variants=caption_variants(row["caption"], tags, self.txt_style))
-        return sample_record(captions, sizes, **image, path=row["path"], tags=tags, rating=row["rating"],
-                             score=row["score"], created=row["created"])
+        return sample_record(self.caption_record(row, tags), sizes, **image, path=row["path"], tags=tags,
+                             rating=row["rating"], score=row["score"], created=row["created"])
+
+    def caption_record(self, row: dict, tags: dict | None = None) -> dict:
+        """The caption record: tags by section for captions=illustrious/bigasp, the plain variants for plain."""
+        tags = tags if tags is not None else {c: row[f"tags_{c}"] or [] for c in TAG_CATEGORIES}
+        return record_from_row(row, self.txt_style, variants=caption_variants(row["caption"], tags, self.txt_style))
+
+    def caption_source(self, index: int) -> dict:
+        """Sample `index`'s caption record, without loading its image (text caches, chunk grouping)."""
+        return self.caption_record(self.row(index))
 
     def file_stamp(self, index: int) -> str:
         row = self.table.slice(index, 1).select(["file_size", "mtime_ns"]).to_pylist()[0]
@@ -74,13 +81,15 @@ class BucketBatches:
     def __getitem__(self, indices) -> LoadedBatch:
         epoch = getattr(indices, "epoch", None)  # an EpochBatch from the bucket sampler
         indices = [int(i) for i in indices]
-        loaded, skipped = [], []
+        loaded, skipped, sources = [], [], []
         for i in indices:
-            sample = self._load(i, skipped, epoch)
+            sample, source = self._load(i, skipped, epoch), i
             if sample is None:
-                sample = self._replacement(i, indices, skipped, epoch)
+                sample, source = self._replacement(i, indices, skipped, epoch)
             loaded.append(sample)
-        return LoadedBatch(loaded, skipped, epoch=epoch, indices=indices if epoch is not None else None)
+            sources.append(source)
+        return LoadedBatch(loaded, skipped, epoch=epoch, indices=indices if epoch is not None else None,
+                           loaded=sources if sources != indices else None)
 
     def _load(self, index: int, skipped: list, epoch: int | None = None) -> dict | None:
         if index in self._bad:
@@ -96,7 +105,7 @@ class BucketBatches:
             skipped.append((self.samples.row(index)["path"], f"{reason}: {detail}"))
             return None
 
-    def _replacement(self, index: int, batch: list[int], skipped: list, epoch: int | None = None) -> dict:
+    def _replacement(self, index: int, batch: list[int], skipped: list, epoch: int | None = None) -> tuple[dict, int]:
         bucket = int(self.bucket_ids[index])
         candidates = [int(c) for c in self.members[bucket] if c not in self._bad]
         rng = random.Random(f"{self.seed}:{index}")  # the same choice in every worker and on every rank
@@ -105,7 +114,7 @@ class BucketBatches:
         for candidate in preferred[:MAX_REPLACEMENTS]:
             sample = self._load(candidate, skipped, epoch)
             if sample is not None:
-                return sample
+                return sample, candidate
         w, h = self.samples.bucket_sizes[index]
         raise RuntimeError(f"No sample of bucket {w}x{h} could be loaded (tried {min(len(preferred), MAX_REPLACEMENTS)}"
                            f" replacements for {self.samples.row(index)['path']}); see the skipped files in the log.")

@@ -136,6 +136,10 @@ class ShapesDataset:
     def layout(self, index: int) -> Layout:
         return random_layout(self.rng(index), self.max_shapes)
 
+    def caption_source(self, index: int) -> dict[str, str]:
+        """Sample `index`'s captions, without drawing its image (text caches, chunk grouping)."""
+        return captions_of(self.layout(index))
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
@@ -144,9 +148,13 @@ class ShapesDataset:
         image = draw(layout, self.width, self.height, rng)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
         size = (self.height, self.width)
-        return sample_record({"tags": layout.tags(), "sentence": layout.sentence()}, (size, (0, 0), size),
+        return sample_record(captions_of(layout), (size, (0, 0), size),
                              pixels=pixels, layout=layout.to_dict(),
                              caption_key=CaptionKey(self.seed, epoch_of(index), int(index)))
+
+
+def captions_of(layout: Layout) -> dict[str, str]:
+    return {"tags": layout.tags(), "sentence": layout.sentence()}
 
 
 def vocabulary() -> list[str]:

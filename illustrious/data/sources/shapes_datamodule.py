@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader
 
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.batching import Collate, LoadedBatch
+from illustrious.data.loading.chunk_groups import chunk_counts_for
 from illustrious.data.loading.sampler import BucketBatchSampler
+from illustrious.data.loading.text_cache import CaptionSources, open_text_cache
 from illustrious.data.sources.shapes import Layout, ShapesDataset
 from illustrious.errors import ConfigError
 
@@ -24,8 +26,11 @@ HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts come from a disjoint stream
 
 class ShapesDataModule(L.LightningDataModule):
     def __init__(self, width: int = 32, height: int = 32, length: int = 10_000, seed: int = 0, max_shapes: int = 2,
-                 batch_size: int = 32, num_workers: int = 0, captions: CaptionPipeline | None = None):
+                 batch_size: int = 32, num_workers: int = 0, captions: CaptionPipeline | None = None,
+                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False):
         super().__init__()
+        self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
+        self.group_by_chunks = group_by_chunks
         self.dataset = ShapesDataset(length=length, width=width, height=height, seed=seed, max_shapes=max_shapes)
         self.held_out = ShapesDataset(length=length, width=width, height=height, seed=seed + HELD_OUT_SEED_OFFSET,
                                       max_shapes=max_shapes)
@@ -47,12 +52,25 @@ class ShapesDataModule(L.LightningDataModule):
         if h % multiple or w % multiple:
             raise ValueError(f"data.height={h} and data.width={w} must be multiples of {multiple} for this backbone.")
 
+    def caption_sources(self) -> CaptionSources:
+        return CaptionSources(len(self.dataset), self.dataset.caption_source)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.text_cache and self.collate.text_cache is None:
+            sources = self.caption_sources()
+            signature = f"shapes(seed={self.dataset.seed}, length={self.dataset.length}, max_shapes={self.dataset.max_shapes})"
+            self.collate.text_cache = open_text_cache(self.text_cache, self.text_cache_variants, self.seed, sources,
+                                                      self.collate.captions, signature, self.trainer)
+
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         try:
+            counts = (chunk_counts_for(trainer, self.caption_sources(), self.collate.caption)
+                      if self.group_by_chunks else None)
             self.sampler = BucketBatchSampler(np.zeros(len(self.dataset), dtype=np.int64), self.batch_size,
-                                              seed=self.seed, rank=rank, world_size=world, drop_last=True)
+                                              seed=self.seed, rank=rank, world_size=world, drop_last=True,
+                                              chunk_counts=counts)
         except ValueError as e:
             raise ConfigError(f"{e}: raise data.length or lower data.batch_size.") from None
         if self._resume_state:

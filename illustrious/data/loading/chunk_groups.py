@@ -1,0 +1,50 @@
+"""`data.group_by_chunks=true`: batches of prompts that need the same number of SDXL chunks.
+
+Each epoch, before it starts, every sample's caption for that epoch is drawn (the same draw `Collate` makes:
+a pure function of (seed, epoch, index)) and tokenized; its chunk count is the most any chunked CLIP
+encoder of the backbone needs (`prompt_chunks.chunk_count`: ceil(tokens / 75), at least 1, at most
+`max_chunks`). `BucketBatchSampler(chunk_counts=...)` then puts equal counts side by side in each bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from illustrious.backbones.prompt_chunks import chunk_count
+from illustrious.errors import ConfigError
+
+
+class ChunkCounts:
+    """epoch -> (N,) chunks each sample's caption needs that epoch."""
+
+    def __init__(self, sources: Sequence, caption: Callable[[object, int, int], str], encoders: Sequence,
+                 batch: int = 4096):
+        if not encoders:
+            raise ConfigError("data.group_by_chunks=true needs a backbone whose prompts are cut into chunks (SDXL's "
+                              "CLIP encoders, backbone.max_chunks); this one has none. Set data.group_by_chunks=false.")
+        self.sources, self.caption, self.encoders, self.batch = sources, caption, list(encoders), batch
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        counts = np.ones(len(self.sources), dtype=np.int64)
+        for start in range(0, len(self.sources), self.batch):
+            index = range(start, min(start + self.batch, len(self.sources)))
+            prompts = [self.caption(self.sources[i], epoch, i) for i in index]
+            for enc in self.encoders:
+                piece = enc.tokenizer.model_max_length - 2
+                need = [chunk_count(len(ids), piece, enc.max_chunks) for ids in enc.token_ids(prompts)]
+                counts[start:start + len(prompts)] = np.maximum(counts[start:start + len(prompts)], need)
+        return counts
+
+
+def chunked_encoders(backbone) -> list:
+    """The backbone's prompt encoders that cut prompts into chunks."""
+    return [e for e in backbone.text_encoders.values() if hasattr(e, "max_chunks") and hasattr(e, "token_ids")]
+
+
+def chunk_counts_for(trainer, sources: Sequence, caption: Callable) -> ChunkCounts:
+    backbone = getattr(getattr(trainer, "lightning_module", None), "backbone", None)
+    if backbone is None:
+        raise ConfigError("data.group_by_chunks needs the module's backbone (its tokenizers); this module has none.")
+    return ChunkCounts(sources, caption, chunked_encoders(backbone))
