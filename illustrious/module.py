@@ -91,6 +91,19 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # A resumed run restores each group's learning rate as the optimizer saved it: the next step's value
+        # under the schedule of the run that saved it. When the schedule changed since (a run extended with a
+        # larger trainer.max_steps), continue on the new one; unchanged, this sets the same value.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if lambdas is None:
+                continue
+            for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lambdas, strict=True):
+                group["lr"] = base * fn(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # the norm before clipping, every logging step only (it costs a pass over all gradients)
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
