@@ -172,3 +172,30 @@ def test_folder_holds_out_by_path_and_validates_on_those(tmp_path):
     # the training loader never sees them
     seen = {p for b in dm.train_dataloader() for p in b["path"]}
     assert seen <= train
+
+
+def test_training_validates_every_n_steps_and_reruns_give_the_same_numbers(make_config):
+    from illustrious.train import train
+
+    cfg = make_config("validation.every_n_steps=1", "validation.batches=1", "validation.bins=3", "data.val_samples=4",
+                      "callbacks.samples=null", "callbacks.composition=null", "resume=false")
+    metrics, objects = train(cfg)
+    trainer, module, datamodule = objects["trainer"], objects["module"], objects["datamodule"]
+    assert trainer.val_check_interval == 1 and trainer.check_val_every_n_epoch is None
+    assert {"val/x0_mse", "val/loss", "val/x0_mse_bin_0", "val/x0_mse_bin_2"} <= set(metrics)
+    assert np.isfinite(metrics["val/x0_mse"])
+    # the last validation ran after the last step, on these weights: validating again gives the same numbers
+    torch.manual_seed(12345)  # whatever the global RNG holds
+    (again,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    for key in ("val/x0_mse", "val/loss", "val/x0_mse_bin_1"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-6), key
+
+
+def test_validation_off_leaves_the_trainer_settings():
+    from omegaconf import OmegaConf
+
+    from illustrious.train import validation_schedule
+
+    assert validation_schedule(OmegaConf.create({"every_n_steps": 0, "batches": 4})) == {}
+    assert validation_schedule(OmegaConf.create({"every_n_steps": 50, "batches": None}), accumulate=4) == {
+        "val_check_interval": 200, "check_val_every_n_epoch": None, "limit_val_batches": 1.0}
