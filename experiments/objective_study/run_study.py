@@ -87,14 +87,14 @@ def machine() -> str:
 
 
 def train_one(name: str, steps: int, runs: Path, seed: int, composition_samples: int,
-              backbone: str, val_every: int) -> tuple[dict, object, dict]:
+              backbone: str, val_every: int, extra: list[str] = ()) -> tuple[dict, object, dict]:
     from illustrious.train import train
 
     overrides = [f"objective={name}", *OBJECTIVES[name], f"trainer.max_steps={steps}", f"seed={seed}", "resume=false",
                  f"validation.every_n_steps={val_every}", "validation.batches=null", "data.val_samples=64",
                  f"callbacks.composition.num_samples={composition_samples}",
                  f"backbone={backbone}", "data=shapes", "data.batch_size=32", "callbacks.samples=null",
-                 "callbacks.progress=null", "trainer.enable_progress_bar=false"]
+                 "callbacks.progress=null", "trainer.enable_progress_bar=false", *extra]
     cfg = compose(overrides, runs / name)
     wall, cpu = time.time(), cpu_seconds()
     metrics, objects = train(cfg)  # includes the composition evaluation at the end
@@ -105,8 +105,10 @@ def train_one(name: str, steps: int, runs: Path, seed: int, composition_samples:
 
 def logged_curves(logdir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
     """(step, value) of every scalar under `prefix` in the run's TensorBoard logs (the newest version)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # the curve is extra; the last validation's numbers are in the metrics anyway
+        return {}
     versions = sorted(logdir.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
     if not versions:
         return {}
@@ -210,6 +212,8 @@ def main() -> None:
     parser.add_argument("--composition-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-every", type=int, default=100, help="validation loss every N steps")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="train and report the validation loss only (no composition, luminance or trajectories)")
     parser.add_argument("--report-only", action="store_true", help="no training: plots and tables from results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +237,15 @@ def main() -> None:
     for name in [] if args.report_only else args.objectives:
         print(f"== {name}: training {args.steps} steps", flush=True)
         metrics, module, cost = train_one(name, args.steps, args.runs, args.seed, args.composition_samples,
-                                          args.backbone, args.val_every)
+                                          args.backbone, args.val_every,
+                                          ["callbacks.composition=null"] if args.validation_only else [])
+        if args.validation_only:
+            results["runs"][name] = {"final_train_loss": metrics.get("train/loss"), "cost": cost,
+                                     "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
+                                     "validation_curve": metrics["validation_curve"]}
+            results_path.write_text(json.dumps(results, indent=1))
+            print(validation_table(results), flush=True)
+            continue
         module.eval()
         wall, cpu = time.time(), cpu_seconds()
         lum = evaluate_luminance(module, prompts, args.seed)
@@ -258,6 +270,9 @@ def main() -> None:
     names = [n for n in OBJECTIVES if n in results["runs"]]
     results["runs"] = {n: results["runs"][n] for n in names}
     results_path.write_text(json.dumps(results, indent=1))
+    if args.validation_only:
+        print(validation_table(results))
+        return
     plot(results, args.out)
     if grid_images:
         image_grid(np.stack(grid_images), grid_captions, columns=12, cell=96).save(args.out / "samples.png")
