@@ -87,13 +87,14 @@ def machine() -> str:
 
 
 def train_one(name: str, steps: int, runs: Path, seed: int, composition_samples: int,
-              backbone: str, val_every: int, extra: list[str] = ()) -> tuple[dict, object, dict]:
+              backbone: str, val_every: int, extra: list[str] = (), batch_size: int = 32,
+              val_samples: int = 64) -> tuple[dict, object, dict]:
     from illustrious.train import train
 
     overrides = [f"objective={name}", *OBJECTIVES[name], f"trainer.max_steps={steps}", f"seed={seed}", "resume=false",
-                 f"validation.every_n_steps={val_every}", "validation.batches=null", "data.val_samples=64",
+                 f"validation.every_n_steps={val_every}", "validation.batches=null", f"data.val_samples={val_samples}",
                  f"callbacks.composition.num_samples={composition_samples}",
-                 f"backbone={backbone}", "data=shapes", "data.batch_size=32", "callbacks.samples=null",
+                 f"backbone={backbone}", "data=shapes", f"data.batch_size={batch_size}", "callbacks.samples=null",
                  "callbacks.progress=null", "trainer.enable_progress_bar=false", *extra]
     cfg = compose(overrides, runs / name)
     wall, cpu = time.time(), cpu_seconds()
@@ -212,6 +213,9 @@ def main() -> None:
     parser.add_argument("--composition-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-every", type=int, default=100, help="validation loss every N steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=None, help="learning-rate warmup steps (default: as shipped, 50)")
+    parser.add_argument("--val-samples", type=int, default=64, help="held-out images in the validation loss")
     parser.add_argument("--validation-only", action="store_true",
                         help="train and report the validation loss only (no composition, luminance or trajectories)")
     parser.add_argument("--report-only", action="store_true", help="no training: plots and tables from results.json")
@@ -238,7 +242,10 @@ def main() -> None:
         print(f"== {name}: training {args.steps} steps", flush=True)
         metrics, module, cost = train_one(name, args.steps, args.runs, args.seed, args.composition_samples,
                                           args.backbone, args.val_every,
-                                          ["callbacks.composition=null"] if args.validation_only else [])
+                                          (["callbacks.composition=null"] if args.validation_only else [])
+                                          + ([f"optim.lr_scheduler.num_warmup_steps={args.warmup}"]
+                                             if args.warmup is not None else []),
+                                          args.batch_size, args.val_samples)
         if args.validation_only:
             results["runs"][name] = {"final_train_loss": metrics.get("train/loss"), "cost": cost,
                                      "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},

@@ -199,3 +199,20 @@ def test_validation_off_leaves_the_trainer_settings():
     assert validation_schedule(OmegaConf.create({"every_n_steps": 0, "batches": 4})) == {}
     assert validation_schedule(OmegaConf.create({"every_n_steps": 50, "batches": None}), accumulate=4) == {
         "val_check_interval": 200, "check_val_every_n_epoch": None, "limit_val_batches": 1.0}
+
+
+def test_webdataset_holds_out_the_last_shards(tmp_path):
+    from tests.unit.test_data_webdataset import shards, web
+
+    _, index = shards(tmp_path, shard_size=4)
+    full = web(tmp_path)
+    held = web(tmp_path, val_shards=1)
+    assert held.val_urls == full.urls[-1:] and held.urls == full.urls[:-1]
+    assert held.total_samples == full.total_samples - index["shards"][-1]["count"]
+    val_paths = {p for b in held.val_dataloader() for p in b["path"]}
+    train_paths = {p for b in held.train_dataloader() for p in b["path"]}
+    assert val_paths and not val_paths & train_paths
+    # named shards: the same split
+    named = web(tmp_path, val_urls=full.urls[-1:])
+    assert named.urls == held.urls
+    assert [b["path"] for b in named.val_dataloader()] == [b["path"] for b in held.val_dataloader()]
