@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from illustrious.backbones.base import Backbone, Conditioning
+from illustrious.eval.validation_loss import ValidationLoss
 from illustrious.objectives.base import Objective
 
 
@@ -20,6 +21,7 @@ class DiffusionModule(L.LightningModule):
     encoders' (None = same as `lr`, 0 = frozen); `lrs` sets single groups (`text_encoder_1: 4.5e-6`,
     `text_encoder_2: 0`, see `Backbone.components`). `gradient_checkpointing` names the groups that
     recompute activations in the backward pass (`denoiser`, `text_encoders` or single encoders).
+    `validation` scores held-out batches (illustrious.eval.validation_loss); None = plain defaults.
     """
 
     # Read by Lightning's ThroughputMonitor to report FLOP/s and MFU; None until something measures it.
@@ -28,7 +30,7 @@ class DiffusionModule(L.LightningModule):
     def __init__(self, backbone: Backbone, objective: Objective, optimizer: Callable, lr: float,
                  text_encoder_lr: float | None = None, lr_scheduler: Callable | None = None,
                  sampling: Mapping | None = None, config: Mapping | None = None, lrs: Mapping | None = None,
-                 gradient_checkpointing: Sequence[str] = ()):
+                 gradient_checkpointing: Sequence[str] = (), validation: ValidationLoss | None = None):
         super().__init__()
         self.backbone = backbone
         self.objective = objective
@@ -41,6 +43,7 @@ class DiffusionModule(L.LightningModule):
         # what checkpoints store about the run (group choices and plain values, never a target to run):
         # illustrious.weights.run_config rebuilds the run from it for sampling, export and evaluation
         self.config = dict(config or {})
+        self.validation = validation if validation is not None else ValidationLoss()
 
     def configure_model(self) -> None:
         """Under FSDP2 (`trainer=fsdp2`, Lightning's ModelParallelStrategy) shard the backbone per block."""
@@ -83,6 +86,12 @@ class DiffusionModule(L.LightningModule):
         # the mean over all processes (one scalar all-reduce under DDP/FSDP): the loss of the global batch
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
+
+    def validation_step(self, batch: Mapping, batch_idx: int) -> None:
+        x0 = self.latents(batch)
+        cond = self.backbone.encode_text(batch["captions"])
+        metrics = self.validation(self.backbone, self.objective, x0, cond, batch, batch_idx, self.global_rank)
+        self.log_dict(metrics, batch_size=x0.shape[0], sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.backbone.parameter_groups(self.lrs))

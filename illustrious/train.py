@@ -28,14 +28,26 @@ def build_trainer(cfg: DictConfig):
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     plugins = [SafetensorsCheckpointIO(allow_pickle=cfg.allow_pickle)]
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    settings.update(validation_schedule(cfg.get("validation"), settings.get("accumulate_grad_batches") or 1))
     if isinstance(settings.get("strategy"), dict):  # trainer=ddp/fsdp/fsdp2/deepspeed_*: a configured strategy
         settings["strategy"] = instantiate(cfg.trainer.strategy, _convert_="all")
     return L.Trainer(**settings, callbacks=callbacks, logger=logger, plugins=plugins)
 
 
+def validation_schedule(validation, accumulate: int = 1) -> dict:
+    """Lightning's validation settings from `validation.*`: every N optimizer steps across epoch boundaries
+    (val_check_interval counts batches), at most `batches` batches; off (nothing changed) when N is 0."""
+    if not validation or not validation.get("every_n_steps"):
+        return {}
+    batches = validation.get("batches")
+    return {"val_check_interval": int(validation.every_n_steps) * accumulate, "check_val_every_n_epoch": None,
+            "limit_val_batches": 1.0 if batches is None else int(batches)}
+
+
 def build_module(cfg: DictConfig, backbone=None):
     """The LightningModule a config describes (the backbone may be passed in already built)."""
 
+    from illustrious.eval.validation_loss import ValidationLoss
     from illustrious.module import DiffusionModule
     from illustrious.weights.lora import setup_lora
     from illustrious.weights.run_config import stored_run_config
@@ -54,6 +66,7 @@ def build_module(cfg: DictConfig, backbone=None):
         gradient_checkpointing=cfg.get("gradient_checkpointing") or (),
         sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
         config=stored_run_config(cfg),
+        validation=ValidationLoss(bins=cfg.validation.bins, seed=cfg.validation.seed) if cfg.get("validation") else None,
     )
 
 

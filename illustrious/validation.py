@@ -192,6 +192,10 @@ DATA = {
     "data.resampled": boolean(),
     "data.shuffle_buffer": integer(1000, min=0),
     "data.bucket_buffer": integer(512, min=1),
+    "data.val_samples": integer(64, min=0),
+    "data.val_fraction": number(0.01, min=0, max=0.99),
+    "data.val_count": integer(100, min=0),
+    "data.val_shards": integer(1, min=0),
 }
 
 BACKBONE = {
@@ -271,6 +275,10 @@ RUN = {
     "callbacks.samples.num_prompts": integer(16, min=1),
     "callbacks.composition.num_samples": integer(64, min=1),
     "callbacks.memory_check.headroom": number(0.9, above=0, max=1),
+    "validation.every_n_steps": integer(200, min=0),
+    "validation.batches": integer(4, min=1, null=True),
+    "validation.bins": integer(8, min=1),
+    "validation.seed": integer(0, min=0),
 }
 
 SAMPLE = {

@@ -4,6 +4,9 @@ Trains the tiny default backbone once per objective (same steps, batch, model, o
 composition accuracy (the CompositionEval callback, 64 held-out prompts) and the mean luminance of samples for
 "black background" and "white background" prompts against the training images' -- the claim under test is
 that eps on SDXL's schedule cannot reach very dark or very bright images, and zero-terminal SNR or flow can.
+Every `--val-every` steps each run also reports the validation loss of illustrious.eval.validation_loss on 64
+held-out images: val/x0_mse, the clean-latent error every objective converts to (one axis for eps, v and flow),
+per time bin, and the objective's own val/loss.
 
     .venv/bin/python experiments/objective_study/run_study.py --steps 600 --out experiments/objective_study/results
 
@@ -84,18 +87,36 @@ def machine() -> str:
 
 
 def train_one(name: str, steps: int, runs: Path, seed: int, composition_samples: int,
-              backbone: str) -> tuple[dict, object, dict]:
+              backbone: str, val_every: int, extra: list[str] = (), batch_size: int = 32,
+              val_samples: int = 64) -> tuple[dict, object, dict]:
     from illustrious.train import train
 
     overrides = [f"objective={name}", *OBJECTIVES[name], f"trainer.max_steps={steps}", f"seed={seed}", "resume=false",
+                 f"validation.every_n_steps={val_every}", "validation.batches=null", f"data.val_samples={val_samples}",
                  f"callbacks.composition.num_samples={composition_samples}",
-                 f"backbone={backbone}", "data=shapes", "data.batch_size=32", "callbacks.samples=null",
-                 "callbacks.progress=null", "trainer.enable_progress_bar=false"]
+                 f"backbone={backbone}", "data=shapes", f"data.batch_size={batch_size}", "callbacks.samples=null",
+                 "callbacks.progress=null", "trainer.enable_progress_bar=false", *extra]
     cfg = compose(overrides, runs / name)
     wall, cpu = time.time(), cpu_seconds()
     metrics, objects = train(cfg)  # includes the composition evaluation at the end
     cost = {"wall_s": time.time() - wall, "cpu_s": cpu_seconds() - cpu, "overrides": overrides}
+    metrics["validation_curve"] = logged_curves(runs / name / "tensorboard", prefix="val/")
     return metrics, objects["module"], cost
+
+
+def logged_curves(logdir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar under `prefix` in the run's TensorBoard logs (the newest version)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # the curve is extra; the last validation's numbers are in the metrics anyway
+        return {}
+    versions = sorted(logdir.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    if not versions:
+        return {}
+    events = EventAccumulator(str(versions[-1].parent))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+            if tag.startswith(prefix)}
 
 
 @torch.no_grad()
@@ -191,6 +212,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="prompts per background for the luminance check")
     parser.add_argument("--composition-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-every", type=int, default=100, help="validation loss every N steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=None, help="learning-rate warmup steps (default: as shipped, 50)")
+    parser.add_argument("--val-samples", type=int, default=64, help="held-out images in the validation loss")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="train and report the validation loss only (no composition, luminance or trajectories)")
     parser.add_argument("--report-only", action="store_true", help="no training: plots and tables from results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +241,18 @@ def main() -> None:
     for name in [] if args.report_only else args.objectives:
         print(f"== {name}: training {args.steps} steps", flush=True)
         metrics, module, cost = train_one(name, args.steps, args.runs, args.seed, args.composition_samples,
-                                          args.backbone)
+                                          args.backbone, args.val_every,
+                                          (["callbacks.composition=null"] if args.validation_only else [])
+                                          + ([f"optim.lr_scheduler.num_warmup_steps={args.warmup}"]
+                                             if args.warmup is not None else []),
+                                          args.batch_size, args.val_samples)
+        if args.validation_only:
+            results["runs"][name] = {"final_train_loss": metrics.get("train/loss"), "cost": cost,
+                                     "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
+                                     "validation_curve": metrics["validation_curve"]}
+            results_path.write_text(json.dumps(results, indent=1))
+            print(validation_table(results), flush=True)
+            continue
         module.eval()
         wall, cpu = time.time(), cpu_seconds()
         lum = evaluate_luminance(module, prompts, args.seed)
@@ -224,6 +262,8 @@ def main() -> None:
             "composition_accuracy": metrics.get("eval/composition_accuracy"),
             "composition_chance": metrics.get("eval/composition_chance"),
             "final_train_loss": metrics.get("train/loss"),
+            "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
+            "validation_curve": metrics["validation_curve"],
             "luminance": lum, "trajectory": trajectory, "cost": cost,
         }
         for background in BACKGROUNDS:
@@ -237,10 +277,32 @@ def main() -> None:
     names = [n for n in OBJECTIVES if n in results["runs"]]
     results["runs"] = {n: results["runs"][n] for n in names}
     results_path.write_text(json.dumps(results, indent=1))
+    if args.validation_only:
+        print(validation_table(results))
+        return
     plot(results, args.out)
     if grid_images:
         image_grid(np.stack(grid_images), grid_captions, columns=12, cell=96).save(args.out / "samples.png")
     print(summary_table(results))
+    print(validation_table(results))
+
+
+def validation_table(results: dict) -> str:
+    """val/x0_mse (the common axis), per time bin, and each objective's own val/loss, at the last validation."""
+    runs = {n: r for n, r in results["runs"].items() if r.get("validation")}
+    if not runs:
+        return ""
+    bins = sorted(int(k.rsplit("_", 1)[1]) for k in next(iter(runs.values()))["validation"] if "_bin_" in k)
+    n = len(bins)
+    lines = ["| objective | val/x0_mse | " + " | ".join(f"t={(k + 0.5) / n:.3g}" for k in bins)
+             + " | val/loss (own target) | val/x0_mse by step |", "|---|---|" + "---|" * n + "---|---|"]
+    for name, run in runs.items():
+        val = run["validation"]
+        curve = ", ".join(f"{s}: {v:.4f}" for s, v in run["validation_curve"].get("val/x0_mse", []))
+        lines.append(f"| {name} | {val['val/x0_mse']:.4f} | "
+                     + " | ".join(f"{val[f'val/x0_mse_bin_{k}']:.4f}" for k in bins)
+                     + f" | {val['val/loss']:.4f} | {curve} |")
+    return "\n".join(lines)
 
 
 def summary_table(results: dict) -> str:

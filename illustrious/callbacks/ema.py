@@ -47,12 +47,21 @@ class EMA(WeightAveraging):
         return 0 if self._average_model is None else int(self._average_model.n_averaged)
 
 
+def averages(trainer) -> list[WeightAveraging]:
+    """The trainer's weight-averaging callbacks that hold an average (updated at least once)."""
+    return [c for c in trainer.callbacks if isinstance(c, WeightAveraging) and c._average_model is not None
+            and int(c._average_model.n_averaged) > 0]
+
+
+def has_average(trainer) -> bool:
+    return bool(averages(trainer))
+
+
 @contextmanager
 def averaged_weights(trainer, module) -> Iterator[None]:
     """Inside the block the module holds its weight average (EMA) when a `WeightAveraging` callback has one;
     the trained weights come back afterwards. Used to sample from the EMA during training."""
-    averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging) and c._average_model is not None
-                 and int(c._average_model.n_averaged) > 0]
+    averaging = averages(trainer)
     for callback in averaging:
         callback._swap_models(module)
     try:

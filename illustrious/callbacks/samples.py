@@ -1,4 +1,9 @@
-"""Sample images with their prompts every N steps and at the end of training (PNG + TensorBoard)."""
+"""Sample images with their prompts every N steps and at the end of training (PNG + TensorBoard).
+
+With EMA on, the grids during training show the raw and the EMA weights side by side (same prompts and seeds;
+TensorBoard tags samples/raw and samples/ema). At the end of training the EMA weights have replaced the raw
+ones in the module (callbacks/ema.py), so the final grid is the EMA's alone.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from illustrious.callbacks.ema import averaged_weights
+from illustrious.callbacks.ema import averaged_weights, has_average
 from illustrious.eval.composition import to_uint8
-from illustrious.sampling.grid import image_grid
+from illustrious.sampling.grid import image_grid, side_by_side
 
 log = logging.getLogger(__name__)
+TITLES = {"raw": "raw weights", "ema": "EMA weights"}
 
 
 def sample_images(trainer: L.Trainer, module, prompts: list[str], height: int, width: int, **settings) -> np.ndarray:
@@ -20,6 +26,16 @@ def sample_images(trainer: L.Trainer, module, prompts: list[str], height: int, w
     with trainer.precision_plugin.forward_context(), averaged_weights(trainer, module):
         pixels = module.generate(prompts, height=height, width=width, **settings)
     return to_uint8(pixels)
+
+
+def sample_raw_and_ema(trainer: L.Trainer, module, prompts: list[str], height: int, width: int,
+                       **settings) -> dict[str, np.ndarray]:
+    """{"raw": images} from the trained weights and, when EMA holds an average, {"ema": images} from it too."""
+    with trainer.precision_plugin.forward_context():
+        images = {"raw": to_uint8(module.generate(prompts, height=height, width=width, **settings))}
+    if has_average(trainer):
+        images["ema"] = sample_images(trainer, module, prompts, height, width, **settings)
+    return images
 
 
 def image_size(trainer: L.Trainer, height: int | None, width: int | None) -> tuple[int, int]:
@@ -47,20 +63,26 @@ class SampleGrid(L.Callback):
             return trainer.datamodule.sample_prompts(self.num_prompts)
         raise ValueError("Set callbacks.samples.prompts: the data module offers no sample prompts.")
 
-    def _write(self, trainer, module, name: str) -> None:
+    def _write(self, trainer, module, name: str, final: bool = False) -> None:
         if not trainer.is_global_zero:
             return
         prompts = self._prompts(trainer)
         h, w = image_size(trainer, self.height, self.width)
-        images = sample_images(trainer, module, prompts, h, w, seed=self.seed)
+        if final:  # the module holds the EMA weights by now, if EMA is on
+            variants = {"ema" if has_average(trainer) else "raw": sample_images(trainer, module, prompts, h, w, seed=self.seed)}
+        else:
+            variants = sample_raw_and_ema(trainer, module, prompts, h, w, seed=self.seed)
         out = Path(trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
         self.last_path = out / f"{name}.png"
-        image_grid(images, prompts, columns=self.columns).save(self.last_path)
+        grids = {TITLES[k]: image_grid(images, prompts, columns=self.columns) for k, images in variants.items()}
+        (side_by_side(grids) if len(grids) > 1 else next(iter(grids.values()))).save(self.last_path)
         log.info("Samples written to %s", self.last_path)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_images"):
-            experiment.add_images("samples", images, global_step=trainer.global_step, dataformats="NHWC")
+            for kind, images in variants.items():
+                tag = "samples" if variants.keys() == {"raw"} else f"samples/{kind}"
+                experiment.add_images(tag, images, global_step=trainer.global_step, dataformats="NHWC")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -68,4 +90,4 @@ class SampleGrid(L.Callback):
             self._write(trainer, module, f"step_{step:06d}")
 
     def on_train_end(self, trainer, module) -> None:
-        self._write(trainer, module, f"final_step_{trainer.global_step:06d}")
+        self._write(trainer, module, f"final_step_{trainer.global_step:06d}", final=True)

@@ -10,13 +10,21 @@ from torch import Tensor
 from illustrious.backbones.base import Backbone
 from illustrious.objectives.base import Objective
 from illustrious.sampling.guidance import cfg_denoiser, cfg_truncation
-from illustrious.sampling.samplers import SAMPLERS
+from illustrious.sampling.samplers import SAMPLERS, STOCHASTIC_SAMPLERS
 
 
-def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
-    """Noise for image i depends only on (seed + i), so the same prompt and seed give the same image in any batch
-    (up to float rounding: CPU kernels may sum in another order for another batch size)."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+def image_generators(n: int, seed: int) -> list[torch.Generator]:
+    """One generator per image, seeded with seed + i: it draws the image's initial noise, then any noise a
+    stochastic sampler adds, so the same prompt and seed give the same image in any batch (up to float
+    rounding: CPU kernels may sum in another order for another batch size)."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def initial_noise(n: int, shape: tuple[int, ...], seed: int,
+                  generators: list[torch.Generator] | None = None) -> Tensor:
+    """Noise for image i depends only on (seed + i) (drawn from `generators[i]` when given)."""
+    generators = generators if generators is not None else image_generators(n, seed)
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
 def img2img_times(times: Tensor, strength: float) -> Tensor:
@@ -64,12 +72,14 @@ def generate(backbone: Backbone, objective: Objective, prompts: list[str], *, he
             uncond = backbone.encode_text([negative_prompt] * len(chunk)) if guidance_scale != 1.0 else None
             denoise = cfg_denoiser(backbone, objective.to_x0, cond, uncond, guidance_scale,
                                    guidance_rescale=guidance_rescale, renormalize=cfg_renorm, unguided=unguided)
-            x = initial_noise(len(chunk), latent_shape, seed + start).to(device)
+            generators = image_generators(len(chunk), seed + start)
+            x = initial_noise(len(chunk), latent_shape, seed + start, generators).to(device)
             if init_images is not None:
                 latents = backbone.encode_image(init_images[start : start + batch_size].to(device))
                 x = objective.add_noise(latents, x.to(latents.dtype), times[:1].expand(len(chunk)))
             step_callback = None if callback is None else (lambda info, start=start: callback({**info, "start": start}))
-            x0 = SAMPLERS[sampler](denoise, x, times, objective.alpha_sigma, callback=step_callback)
+            noise = {"generator": generators} if sampler in STOCHASTIC_SAMPLERS else {}
+            x0 = SAMPLERS[sampler](denoise, x, times, objective.alpha_sigma, callback=step_callback, **noise)
             images.append(backbone.decode(x0).float().cpu())
     finally:
         backbone.train(was_training)

@@ -31,3 +31,18 @@ def image_grid(images: np.ndarray, captions: list[str], columns: int = 8, cell: 
         for j, line in enumerate(lines):
             draw.text((x + 2, y + cell + 2 + j * line_height), line, fill=(0, 0, 0), font=font)
     return grid
+
+
+def side_by_side(grids: dict[str, Image.Image], gap: int = 8, title_h: int = 16) -> Image.Image:
+    """Grids next to each other, each under its title (e.g. {"raw weights": ..., "EMA weights": ...})."""
+    width = sum(g.width for g in grids.values()) + gap * (len(grids) - 1)
+    height = max(g.height for g in grids.values()) + title_h
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    x = 0
+    for title, grid in grids.items():
+        draw.text((x + 4, 2), title, fill=(0, 0, 0), font=font)
+        out.paste(grid, (x, title_h))
+        x += grid.width + gap
+    return out

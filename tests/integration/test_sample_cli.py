@@ -124,7 +124,7 @@ def test_prompt_file_one_prompt_per_line(checkpoint, tmp_path):
     (["height=-32"], "height=-32: needs a whole number (int) >= 1 (or null), e.g. height=1024"),
     (["steps=0"], "steps=0: needs a whole number (int) >= 1 (or null), e.g. steps=28"),
     (["num_images=0"], "num_images=0: needs a whole number (int) >= 1, e.g. num_images=4"),
-    (["sampler=bogus"], "sampler='bogus': needs one of ddim, dpmpp_2m, euler (or null), e.g. sampler=dpmpp_2m"),
+    (["sampler=bogus"], "sampler='bogus': needs one of ddim, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral (or null), e.g. sampler=dpmpp_2m"),
     (["prompt=null"], 'Nothing to sample: set prompt="..." or prompt_file=prompts.txt (one prompt per line).'),
     (["prompt_file=missing.txt"],
      "prompt_file='missing.txt' does not exist: give a text file with one prompt per line."),

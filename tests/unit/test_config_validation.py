@@ -28,9 +28,9 @@ def test_the_three_reported_cases():
     assert problem("optim.lr=abc") == "optim.lr='abc': needs a number (float) >= 0, e.g. optim.lr=1e-4"
     from illustrious.sampling.samplers import SAMPLERS
 
-    assert sorted(SAMPLERS) == ["ddim", "dpmpp_2m", "euler"]  # the message lists the sampling module's registry
+    assert sorted(SAMPLERS) == ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral"]  # the message lists the sampling module's registry
     assert problem("sampling.sampler=bogus") == (
-        "sampling.sampler='bogus': needs one of ddim, dpmpp_2m, euler, e.g. sampling.sampler=euler")
+        "sampling.sampler='bogus': needs one of ddim, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, e.g. sampling.sampler=euler")
     # num_training_steps copies trainer.max_steps by interpolation: reported once, at its source
     assert problem("trainer.max_steps=1.5") == (
         "trainer.max_steps=1.5: needs a whole number (int) >= 1 (or -1), e.g. trainer.max_steps=600")
@@ -77,7 +77,7 @@ def test_all_problems_are_listed_at_once():
     assert problem("optim.lr=abc", "data.batch_size=0", "sampling.sampler=bogus") == (
         "These settings are not valid:\n"
         "  data.batch_size=0: needs a whole number (int) >= 1, e.g. data.batch_size=8\n"
-        "  sampling.sampler='bogus': needs one of ddim, dpmpp_2m, euler, e.g. sampling.sampler=euler\n"
+        "  sampling.sampler='bogus': needs one of ddim, dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, e.g. sampling.sampler=euler\n"
         "  optim.lr='abc': needs a number (float) >= 0, e.g. optim.lr=1e-4")
 
 

@@ -6,6 +6,8 @@ setup()            on every rank: agrees with rank 0 on the manifest, assigns bu
                    `latent_cache` checks the cache made for this run's autoencoder covers every image.
 train_dataloader() one bucket per batch through `BucketBatchSampler`; its position is saved in
                    checkpoints (`state_dict`) so a resumed run continues at the exact batch.
+val_dataloader()   the held-out images (`val_fraction` or `val_count`, chosen by a stable hash of each image's
+                   path, see sources/held_out.py; left out of training) in fixed batches.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from illustrious.data.loading.sampler import BucketBatchSampler
 from illustrious.data.loading.text_cache import CaptionSources, open_text_cache, table_digest
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
 from illustrious.data.sources.folder_dataset import BucketBatches, FolderSamples
+from illustrious.data.sources.held_out import check_split, held_out_mask, validation_batches
 from illustrious.data.storage.latent_cache import LatentCache, open_latent_cache, stamp
 from illustrious.errors import ConfigError
 
@@ -52,8 +55,11 @@ class FolderDataModule(BucketedDataModule):
                  scan_workers: int = 8, require_caption: bool = True, txt_style: str = "tags",
                  images: ImageSettings | None = None, drop_last: bool = False, latent_cache: str | None = None,
                  batch_size: int = 8, num_workers: int = 4, seed: int = 0, captions: CaptionPipeline | None = None,
-                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False):
+                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False,
+                 val_fraction: float = 0.0, val_count: int = 0):
         super().__init__(images, batch_size, num_workers, seed, captions)
+        check_split(val_fraction, val_count)
+        self.val_fraction, self.val_count = val_fraction, val_count
         self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
         self.group_by_chunks = group_by_chunks
         self.texts = None  # the opened TextEmbeddingCache (setup)
@@ -79,6 +85,8 @@ class FolderDataModule(BucketedDataModule):
         self.latents: LatentCache | None = None
         self.sampler: BucketBatchSampler | None = None
         self._resume_state: dict | None = None
+        self.val_table = None  # the held-out rows, once setup() has split them off the selection
+        self.val_bucket_ids: np.ndarray | None = None
 
     # -- before any model is built --------------------------------------------------------------------------
     def check(self) -> None:
@@ -126,6 +134,7 @@ class FolderDataModule(BucketedDataModule):
         self.bucket_set()
         if self.latent_cache is not None and self.latents is None:
             self._attach_latent_cache()
+        self._split_held_out()
         self.assign_buckets()
         if self.text_cache and self.texts is None:
             samples = self.samples(latents=False)
@@ -135,6 +144,22 @@ class FolderDataModule(BucketedDataModule):
             self.texts = open_text_cache(self.text_cache, self.text_cache_variants, self.seed,
                                          CaptionSources(len(samples), samples.caption_source), self.caption_pipeline,
                                          signature, self.trainer)
+
+    def _split_held_out(self) -> None:
+        """Take the held-out images out of the training selection (once; the commands that read the whole
+        selection -- make_shards, cache_latents -- never call setup)."""
+        if self.val_table is not None:
+            return
+        table = self.selection.table
+        held = held_out_mask(table.column("path").to_pylist(), self.val_fraction, self.val_count)
+        if held.all():
+            raise ConfigError(f"data.val_fraction={self.val_fraction} holds out all {len(held)} images: lower it.")
+        self.val_table, self.selection.table = table.filter(held), table.filter(~held)
+        self.val_bucket_ids = self.bucket_set().assign(self.val_table.column("width").to_numpy(),
+                                                       self.val_table.column("height").to_numpy(),
+                                                       self.settings.max_pixels)
+        if len(self.val_table):
+            log.info("Data: %d images held out for validation.", len(self.val_table))
 
     def assign_buckets(self) -> None:
         table = self.selection.table
@@ -208,6 +233,21 @@ class FolderDataModule(BucketedDataModule):
         dataset = BucketBatches(self.samples(), self.sampler.members, self.bucket_ids, seed=self.seed)
         return DataLoader(dataset, sampler=self.sampler, batch_size=None, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_table is None:
+            self.setup("validate")
+        if not len(self.val_table):
+            return []
+        rank, world = self.rank_and_world()
+        batches = validation_batches(self.val_bucket_ids, self.batch_size, rank, world)
+        sizes = np.array(self.bucket_set().sizes)[self.val_bucket_ids]
+        samples = FolderSamples(self.root, self.val_table, sizes, self.settings, self.txt_style, self.latents)
+        members = {int(b): np.flatnonzero(self.val_bucket_ids == b) for b in np.unique(self.val_bucket_ids)}
+        dataset = BucketBatches(samples, members, self.val_bucket_ids, seed=self.seed)
+        return DataLoader(dataset, sampler=batches, batch_size=None, collate_fn=self.loader_collate(),
+                          num_workers=min(self.num_workers, len(batches)), generator=torch.Generator(),
                           pin_memory=torch.cuda.is_available())
 
     # -- resuming -----------------------------------------------------------------------------------------

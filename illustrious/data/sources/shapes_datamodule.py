@@ -1,5 +1,8 @@
 """`data=shapes`: the built-in synthetic set as a LightningDataModule, with held-out prompts for evaluation.
 
+The held-out stream (layouts drawn from another seed) gives the evaluation prompts and, its first
+`val_samples` images, the validation set (`val_dataloader`, fixed batches).
+
 Batches come from the bucket batch sampler over one bucket (a shuffle per (seed, epoch), sharded by rank,
 whole batches only): its position is saved in checkpoints, so a resumed run continues at the exact batch,
 and each sample's caption is drawn from (seed, epoch, index).
@@ -11,6 +14,7 @@ import warnings
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from illustrious.data.captions import CaptionPipeline
@@ -18,6 +22,7 @@ from illustrious.data.loading.batching import Collate, LoadedBatch
 from illustrious.data.loading.chunk_groups import chunk_counts_for
 from illustrious.data.loading.sampler import BucketBatchSampler
 from illustrious.data.loading.text_cache import CaptionSources, open_text_cache
+from illustrious.data.sources.held_out import validation_batches
 from illustrious.data.sources.shapes import Layout, ShapesDataset
 from illustrious.errors import ConfigError
 
@@ -27,12 +32,16 @@ HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts come from a disjoint stream
 class ShapesDataModule(L.LightningDataModule):
     def __init__(self, width: int = 32, height: int = 32, length: int = 10_000, seed: int = 0, max_shapes: int = 2,
                  batch_size: int = 32, num_workers: int = 0, captions: CaptionPipeline | None = None,
-                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False):
+                 text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False,
+                 val_samples: int = 64):
         super().__init__()
+        if val_samples < 0:
+            raise ConfigError(f"data.val_samples={val_samples}: must be >= 0 (0 = no validation set).")
+        self.val_samples = val_samples
         self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
         self.group_by_chunks = group_by_chunks
         self.dataset = ShapesDataset(length=length, width=width, height=height, seed=seed, max_shapes=max_shapes)
-        self.held_out = ShapesDataset(length=length, width=width, height=height, seed=seed + HELD_OUT_SEED_OFFSET,
+        self.held_out = ShapesDataset(length=max(length, val_samples), width=width, height=height, seed=seed + HELD_OUT_SEED_OFFSET,
                                       max_shapes=max_shapes)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.collate = Collate(captions, seed=seed)
@@ -78,6 +87,16 @@ class ShapesDataModule(L.LightningDataModule):
         return DataLoader(IndexedBatches(self.dataset), sampler=self.sampler, batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The first `val_samples` held-out images in fixed batches (rank r takes batches r, r + world, ...)."""
+        if not self.val_samples:
+            return []
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = validation_batches(np.zeros(self.val_samples, dtype=np.int64), self.batch_size, rank, world)
+        return DataLoader(IndexedBatches(self.held_out), sampler=batches, batch_size=None, num_workers=0,
+                          collate_fn=self.collate, generator=torch.Generator())
 
     # -- resuming -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
