@@ -22,6 +22,15 @@ def sample_images(trainer: L.Trainer, module, prompts: list[str], height: int, w
     return to_uint8(pixels)
 
 
+def generates_on_every_rank(trainer: L.Trainer) -> bool:
+    """Whether sampling must run on every rank: with sharded weights (FSDP, FSDP2, DeepSpeed) each forward gathers
+    parameters from all ranks, so all of them generate the same images (rank 0 alone would wait forever)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    return trainer.world_size > 1 and isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy,
+                                                                    DeepSpeedStrategy))
+
+
 def image_size(trainer: L.Trainer, height: int | None, width: int | None) -> tuple[int, int]:
     dm_size = getattr(trainer.datamodule, "image_size", None)
     if height and width:
@@ -48,11 +57,13 @@ class SampleGrid(L.Callback):
         raise ValueError("Set callbacks.samples.prompts: the data module offers no sample prompts.")
 
     def _write(self, trainer, module, name: str) -> None:
-        if not trainer.is_global_zero:
+        if not (trainer.is_global_zero or generates_on_every_rank(trainer)):
             return
         prompts = self._prompts(trainer)
         h, w = image_size(trainer, self.height, self.width)
         images = sample_images(trainer, module, prompts, h, w, seed=self.seed)
+        if not trainer.is_global_zero:
+            return  # took part in the sharded forward passes; rank 0 writes
         out = Path(trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
         self.last_path = out / f"{name}.png"
