@@ -8,6 +8,8 @@ the preset runs without `find_unused_parameters`, so every trainable parameter g
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -80,9 +82,9 @@ def one_process_mesh():
 
 def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_process_mesh):
     """trainer=fsdp2 with gloo: fully_shard per block in two processes and RunCheckpoint saving a sealed sharded
-    folder on every rank; the same command resumes from it (weights, optimizer, step); the folder reads back
-    without unpickling code (here in one process: another world size) to the weights torch's own reader gives,
-    and consolidates into one safetensors checkpoint holding every weight of the module."""
+    folder on every rank; the folder reads back without unpickling code (here in one process: another world size)
+    to the weights torch's own reader gives, and consolidates into one safetensors checkpoint holding every weight
+    of the module; the same command resumes from it (weights, optimizer, step) and samples at the end."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from illustrious import sharded_checkpoint
@@ -125,8 +127,12 @@ def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_p
     for name, tensor in trained.items():
         assert torch.equal(loaded[name], tensor), name
 
-    # the same command, two more steps: resumes from the sharded folder at step 2
-    proc = run_cli(*FSDP2_RUN, "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=REPO, timeout=900)
+    # the same command, one more step: resumes from the sharded folder at step 2; with the sampling callbacks on
+    # (sharded weights: every rank takes part in generating, rank 0 writes)
+    with_samples = [a for a in FSDP2_RUN if a not in ("callbacks.samples=null", "callbacks.composition=null")]
+    proc = run_cli(*with_samples, "callbacks.samples.num_prompts=2", "sampling.steps=2",
+                   "callbacks.composition.num_samples=4", "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=REPO,
+                   timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     logs = proc.stdout + proc.stderr + "".join(p.read_text() for p in run_dir.glob("*.log"))
     assert "Resuming from" in logs
@@ -136,3 +142,5 @@ def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_p
     assert resumed["global_step"] == 3
     adam_steps = {float(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
     assert adam_steps == {3.0}  # the optimizer's moments continued (a fresh optimizer would count 1)
+    assert (run_dir / "samples" / "final_step_000003.png").is_file()
+    assert json.loads((run_dir / "composition.json").read_text())["num_samples"] == 4

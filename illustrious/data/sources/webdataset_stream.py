@@ -182,9 +182,12 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = self.start_epoch + self._epochs
-        # batches this worker yielded before the resume position (the loader takes them round-robin)
-        done = self.start_batch // workers + (worker < self.start_batch % workers) if self._epochs == 0 else 0
+        epoch, done = self.start_epoch + self._epochs, 0
+        if self._epochs == 0 and self.start_batch:
+            # The loader takes batches round-robin starting with its worker 0 in every epoch, and global batch i
+            # comes from stream i % workers: in the resumed epoch worker 0 plays the stream whose turn is next.
+            worker = (worker + self.start_batch) % workers
+            done = self.start_batch // workers + (worker < self.start_batch % workers)  # yielded before the resume
         self._epochs += 1
         batches = self.batcher(self.samples(epoch, worker, workers), epoch=epoch, skip=done)
         return islice(batches, max(0, self.batches_per_worker - done))
