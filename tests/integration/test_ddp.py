@@ -97,7 +97,7 @@ def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_p
     from tests.conftest import compose_config
 
     run_dir = tmp_path / "fsdp2"
-    proc = run_cli(*FSDP2_RUN, "trainer.max_steps=2", f"hydra.run.dir={run_dir}", cwd=REPO, timeout=900)
+    proc = run_cli(*FSDP2_RUN, "trainer.max_steps=2", f"hydra.run.dir={run_dir}", cwd=REPO, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     checkpoints = run_dir / "checkpoints"
     last = checkpoints / "last.safetensors"
@@ -132,7 +132,7 @@ def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_p
     with_samples = [a for a in FSDP2_RUN if a not in ("callbacks.samples=null", "callbacks.composition=null")]
     proc = run_cli(*with_samples, "callbacks.samples.num_prompts=2", "sampling.steps=2",
                    "callbacks.composition.num_samples=4", "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=REPO,
-                   timeout=900)
+                   timeout=2400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     logs = proc.stdout + proc.stderr + "".join(p.read_text() for p in run_dir.glob("*.log"))
     assert "Resuming from" in logs

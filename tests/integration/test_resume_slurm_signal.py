@@ -24,7 +24,7 @@ from tests.integration.test_resume import logged_steps
 
 STEPS = 7
 ARGS = [o for o in FAST if not o.startswith(("trainer.max_steps", "data.length"))] + [
-    f"trainer.max_steps={STEPS}", "data.length=16", "callbacks.checkpoint.every_n_train_steps=0",
+    f"trainer.max_steps={STEPS}", "data.length=16", "callbacks.checkpoint.every_n_train_steps=100",
     "callbacks.samples=null", "callbacks.composition=null", "callbacks.progress=null", "backbone=lumina_tiny"]
 JOB = "4242"
 
@@ -51,7 +51,7 @@ def test_usr2_saves_requeues_and_the_requeued_job_continues_exactly(tmp_path):
     straight = tmp_path / "straight"
     (tmp_path / "straight_job").mkdir()
     proc = start(straight, slurm_env(tmp_path / "straight_job", 0))
-    output, _ = proc.communicate(timeout=900)
+    output, _ = proc.communicate(timeout=2400)
     assert proc.returncode == 0, output[-3000:]
     reference = read_steps(straight / "steps.jsonl")
     assert sorted(reference) == list(range(1, STEPS + 1))
@@ -62,7 +62,7 @@ def test_usr2_saves_requeues_and_the_requeued_job_continues_exactly(tmp_path):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.02)
     proc.send_signal(signal.SIGUSR2)
-    output, _ = proc.communicate(timeout=900)
+    output, _ = proc.communicate(timeout=2400)
     assert proc.returncode == 128 + signal.SIGUSR2, output[-3000:]
     assert "Interrupted by SIGUSR2" in output and "requeued with SLURM" in output, output[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB]
@@ -71,7 +71,7 @@ def test_usr2_saves_requeues_and_the_requeued_job_continues_exactly(tmp_path):
     assert not list(run.rglob("hpc_ckpt*")), "Lightning's own SLURM checkpoint was written"
 
     proc = start(run, slurm_env(tmp_path, 1))  # the requeued job: same command, same folder
-    output, _ = proc.communicate(timeout=900)
+    output, _ = proc.communicate(timeout=2400)
     assert proc.returncode == 0, output[-3000:]
     resumed = read_steps(run / "steps.jsonl")
     assert sorted(resumed) == sorted(reference)
