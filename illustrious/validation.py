@@ -161,13 +161,15 @@ DATA = {
     "data.scan_workers": integer(8, min=1),
     "data.require_caption": boolean(),
     "data.txt_style": choice(txt_styles, "tags"),
-    "data.min_side": integer(768, min=1),
+    "data.native_resolution": integer(1024, min=8),
+    "data.min_side": integer(768, min=1, null=True),
     "data.max_aspect": number(10.0, min=1),
     "data.max_megapixels": number(4.0, above=0),
     "data.bomb_megapixels": number(178.0, above=0),
     "data.crop": choice(crop_modes, "center"),
-    "data.bucket_megapixels": numbers(2, "[0.15,2.25]", above=0),
-    "data.bucket_step": integer(128, min=1),
+    "data.bucket_area": numbers(2, "[0.15,2.25]", above=0),
+    "data.bucket_megapixels": numbers(2, "[0.15,2.25]", above=0, null=True),
+    "data.bucket_step": integer(128, min=1, null=True),
     "data.bucket_multiple": integer(32, min=1, null=True),
     "data.drop_last": boolean(),
     "data.latent_cache": text("/data/latents", null=True),
@@ -179,6 +181,7 @@ DATA = {
 
 BACKBONE = {
     "backbone.weights": text("/models/sdxl", null=True),
+    "backbone.native_resolution": integer(1024, min=8),
     "backbone.tokenizer_max_length": integer(77, min=1),
     "backbone.max_sequence_length": integer(256, min=1),
     "backbone.system_prompt": text("''"),
@@ -247,6 +250,7 @@ RUN = {
     "callbacks.samples.every_n_steps": integer(100, min=0),
     "callbacks.samples.num_prompts": integer(16, min=1),
     "callbacks.composition.num_samples": integer(64, min=1),
+    "callbacks.memory_check.headroom": number(0.9, above=0, max=1),
 }
 
 SAMPLE = {

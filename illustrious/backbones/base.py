@@ -106,6 +106,17 @@ class Backbone(nn.Module):
         """Latents -> pixels in [-1, 1]."""
         return self.autoencoder.decode(latents).clamp(-1, 1)
 
+    # The square side (pixels) the backbone trains at natively (SDXL, Lumina-2: 1024; tiny flavors: 32). Bucket
+    # areas of image data follow it (illustrious.data.images.settings). None: the denoiser's sample_size
+    # (diffusers' native latent side) times the autoencoder's factor; a backbone config may declare it.
+    declared_native_resolution: int | None = None
+
+    @property
+    def native_resolution(self) -> int:
+        if self.declared_native_resolution:
+            return int(self.declared_native_resolution)
+        return int(self.denoiser.config.sample_size) * self.autoencoder.spatial_factor
+
     def image_seq_len(self, latents: Tensor) -> int:
         """Tokens the denoiser sees for these latents (drives resolution-dependent timestep shifts)."""
         return (latents.shape[-2] // self.patch_size) * (latents.shape[-1] // self.patch_size)

@@ -19,7 +19,8 @@ from tests.integration.test_cli import write_user_configs
 
 pytestmark = pytest.mark.slow  # builds, installs and starts five fresh processes: about 1-2 minutes on 2 idle cores
 
-SCRIPTS = ["illustrious-train", "illustrious-sample", "illustrious-cache-latents", "illustrious-make-shards"]
+SCRIPTS = ["illustrious-train", "illustrious-sample", "illustrious-cache-latents", "illustrious-make-shards",
+           "illustrious-arena"]
 
 
 def run(*args, env=None, cwd=None, timeout=600):

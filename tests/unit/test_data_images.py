@@ -178,7 +178,9 @@ def test_folder_and_webdataset_share_one_image_settings_node(tmp_path):
                                                            "data.bucket_megapixels=[0.001,0.004]", *extra])
         assert {f.name for f in fields(ImageSettings)} <= set(cfg.data)  # the keys users type stay data.*
         dm = instantiate(cfg.data)
-        assert dm.settings == ImageSettings(min_side=32, crop="random", bucket_megapixels=(0.001, 0.004))
+        # the default backbone (lumina_tiny) declares a 32-px native resolution: the step follows it
+        assert dm.settings == ImageSettings(native_resolution=32, min_side=32, crop="random",
+                                            bucket_megapixels=(0.001, 0.004), bucket_step=4)
     from illustrious.data.sources.folder_datamodule import FolderDataModule
 
     settings = ImageSettings(min_side=16, bucket_multiple=8)  # in Python: one settings object

@@ -41,7 +41,7 @@ class LuminaBackbone(Backbone):
     @classmethod
     def from_config(cls, autoencoder: nn.Module, tokenizer: str, transformer: Mapping | None = None,
                     text_encoder: Mapping | None = None, system_prompt: str = "diffusers",
-                    max_sequence_length: int = 256) -> LuminaBackbone:
+                    max_sequence_length: int = 256, native_resolution: int | None = None) -> LuminaBackbone:
         """Lumina-2's architecture with overrides; channels and caption width are derived, not configured.
 
         `system_prompt`: a name from `illustrious.backbones.system_prompts` or a custom sentence."""
@@ -56,12 +56,15 @@ class LuminaBackbone(Backbone):
             raise ConfigError(f"backbone.transformer.axes_dim_rope {list(config['axes_dim_rope'])} must sum to the head "
                               f"dimension hidden_size / num_attention_heads = {head_dim}.")
         encoder = GemmaPromptEncoder(tok, gemma, system_prompt=system_prompt, max_length=max_sequence_length)
-        return cls(Lumina2Transformer2DModel.from_config(config), encoder, autoencoder)
+        backbone = cls(Lumina2Transformer2DModel.from_config(config), encoder, autoencoder)
+        backbone.declared_native_resolution = native_resolution
+        return backbone
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, system_prompt: str = "diffusers",
                         max_sequence_length: int = 256, base: str | None = None, tokenizer: str | None = None,
-                        allow_pickle: bool = False, check_prediction_type: bool = True) -> LuminaBackbone:
+                        allow_pickle: bool = False, check_prediction_type: bool = True,
+                        native_resolution: int | None = None) -> LuminaBackbone:
         """Load Lumina-Image-2.0 from a local diffusers folder (transformer/, text_encoder/, tokenizer/, vae/), or
         from one file: the original repository's consolidated checkpoint (transformer only; `.safetensors`, or
         `.pth` with `allow_pickle`) or ComfyUI's single file. What a file lacks (text encoder, VAE, tokenizer)
@@ -87,6 +90,7 @@ class LuminaBackbone(Backbone):
         # Lumina-2 is a rectified-flow model (it predicts x0 - noise at reversed time; forward() flips both)
         backbone.pretrained_prediction = PredictionType("flow", False, f"{root} (Lumina-2 is a flow model)")
         backbone.check_prediction_type = check_prediction_type
+        backbone.declared_native_resolution = native_resolution
         return backbone
 
     def original_state_dict(self) -> dict:

@@ -46,7 +46,7 @@ class SDXLBackbone(Backbone):
     def from_config(cls, autoencoder: nn.Module, tokenizer_1: str, tokenizer_2: str, unet: Mapping | None = None,
                     text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None,
                     tokenizer_max_length: int | None = None, max_chunks: int = 3,
-                    mask_padding: bool = False) -> SDXLBackbone:
+                    mask_padding: bool = False, native_resolution: int | None = None) -> SDXLBackbone:
         """SDXL's architecture with `unet` / `text_encoder_*` overrides (tiny flavors change only widths).
 
         `tokenizer_max_length` shortens the token sequence (SDXL: 77) where prompts are known to be short.
@@ -70,14 +70,16 @@ class SDXLBackbone(Backbone):
             cross_attention_dim=te1.config.hidden_size + te2.config.hidden_size,
             projection_class_embeddings_input_dim=te2.config.projection_dim + 6 * config["addition_time_embed_dim"],
         )
-        return cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1, max_chunks),
-                   CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
+        backbone = cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1, max_chunks),
+                       CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
+        backbone.declared_native_resolution = native_resolution
+        return backbone
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, config: str | None = None, tokenizer_1: str | None = None,
                         tokenizer_2: str | None = None, allow_pickle: bool = False,
                         check_prediction_type: bool = True, max_chunks: int = 3,
-                        mask_padding: bool = False) -> SDXLBackbone:
+                        mask_padding: bool = False, native_resolution: int | None = None) -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder{,_2}/, tokenizer{,_2}/, vae/) or from one
         file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
 
@@ -101,6 +103,7 @@ class SDXLBackbone(Backbone):
             prediction = markers.from_diffusers_folder(root)
         backbone.pretrained_prediction = prediction
         backbone.check_prediction_type = check_prediction_type
+        backbone.declared_native_resolution = native_resolution
         return backbone
 
     @classmethod

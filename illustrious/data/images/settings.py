@@ -19,18 +19,42 @@ MEGAPIXEL = 1_000_000
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """How an image becomes a training sample (defaults: the Illustrious paper's real-flavor settings)."""
+    """How an image becomes a training sample, relative to the backbone's native resolution.
 
-    min_side: int = 768  # images whose shorter side is smaller are dropped
+    Sizes left as None follow `native_resolution` (the backbone's training side, `backbone.native_resolution`):
+    buckets cover `bucket_area` times its area (Illustrious v2.0's 0.15-2.25 around a 1024^2 native), images
+    shorter than 3/4 of it are dropped, bucket levels step by 1/8 of it. So SDXL and Lumina-2 (1024) get the
+    paper's settings and a tiny backbone (32) small buckets, with no extra flags. Absolute values win.
+    """
+
+    native_resolution: int = 1024  # the backbone's native square side (pixels)
+    min_side: int | None = None  # images whose shorter side is smaller are dropped; None = 3/4 of native
     max_aspect: float = 10.0  # images (and buckets) more elongated than 1:max_aspect are dropped
     max_megapixels: float = 4.0  # larger images count as downscaled to this pixel budget (original_size)
     bomb_megapixels: float = 178.0  # a header claiming more pixels is refused as a decompression bomb
-    bucket_megapixels: tuple[float, float] = (0.15, 2.25)  # pixel-area range the buckets cover
-    bucket_step: int = 128  # bucket levels: square-equivalent sides in steps of this many pixels
+    bucket_area: tuple[float, float] = (0.15, 2.25)  # bucket pixel-area range, as fractions of the native area
+    bucket_megapixels: tuple[float, float] | None = None  # the same range in megapixels; set, it wins over bucket_area
+    bucket_step: int | None = None  # bucket levels every this many pixels of side; None = 1/8 of native
     bucket_multiple: int | None = None  # bucket sides are multiples of this; None = the backbone's pixel_multiple
     crop: str = "center"  # center or random
 
     def __post_init__(self):
+        if not (isinstance(self.native_resolution, int) and self.native_resolution >= 8):
+            raise ConfigError(f"data.native_resolution={self.native_resolution}: must be a whole number >= 8 (pixels); "
+                              "it follows backbone.native_resolution.")
+        native = self.native_resolution
+        low_high = tuple(float(v) for v in self.bucket_area)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ConfigError(f"data.bucket_area={list(low_high)}: give [min, max] fractions of the native area "
+                              "with 0 < min <= max, e.g. [0.15, 2.25].")
+        object.__setattr__(self, "bucket_area", low_high)
+        if self.bucket_megapixels is None:  # resolve the relative defaults once, so every reader sees pixels
+            area = native * native / MEGAPIXEL
+            object.__setattr__(self, "bucket_megapixels", (low_high[0] * area, low_high[1] * area))
+        if self.min_side is None:
+            object.__setattr__(self, "min_side", round(0.75 * native))
+        if self.bucket_step is None:
+            object.__setattr__(self, "bucket_step", max(1, native // 8))
         object.__setattr__(self, "bucket_megapixels", tuple(float(v) for v in self.bucket_megapixels))
         low_high = self.bucket_megapixels
         if self.min_side < 1:
@@ -44,7 +68,7 @@ class ImageSettings:
                               f"{self.max_megapixels}: it is the size beyond which a file is refused as a bomb.")
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
             raise ConfigError(f"data.bucket_megapixels={list(low_high)}: give [min, max] with 0 < min <= max, "
-                              "e.g. [0.15, 2.25].")
+                              "e.g. [0.15, 2.25], or null to follow data.bucket_area.")
         if self.bucket_step < 1:
             raise ConfigError(f"data.bucket_step={self.bucket_step}: must be >= 1 pixel.")
         if self.bucket_multiple is not None and self.bucket_multiple < 1:

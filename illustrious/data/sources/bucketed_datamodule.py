@@ -98,6 +98,15 @@ class BucketedDataModule(L.LightningDataModule):
         log.warning("%d samples could not be loaded during training on rank %d (%s); listed in %s",
                     len(self.skipped), rank, self.skipped.summary(), out)
 
+    def largest_image_size(self) -> tuple[int, int]:
+        """(height, width) of the largest bucket a batch can come from (the memory check plans for it):
+        of the buckets images were assigned to, when the source knows them, else of all buckets."""
+        buckets = self.bucket_set()
+        ids = getattr(self, "bucket_ids", None)
+        candidates = sorted(set(ids.tolist())) if ids is not None and len(ids) else range(len(buckets))
+        w, h = max((buckets[i] for i in candidates), key=lambda size: (size[0] * size[1], size))
+        return h, w
+
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) to sample at: the square-most bucket of the top level (subclasses may know better)."""

@@ -39,6 +39,9 @@ class ShapesDataModule(L.LightningDataModule):
         """(height, width) of the training images."""
         return self.dataset.height, self.dataset.width
 
+    def largest_image_size(self) -> tuple[int, int]:
+        return self.image_size
+
     def check_pixel_multiple(self, multiple: int) -> None:
         h, w = self.image_size
         if h % multiple or w % multiple:

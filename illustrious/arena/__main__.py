@@ -1,0 +1,3 @@
+from illustrious.arena.cli import entry
+
+entry()
