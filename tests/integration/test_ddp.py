@@ -9,6 +9,7 @@ the preset runs without `find_unused_parameters`, so every trainable parameter g
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -66,21 +67,21 @@ FSDP2_RUN = ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2", "t
              "optim.lr_scheduler.num_warmup_steps=1"]
 
 
-@pytest.fixture
-def one_process_mesh():
-    import os
-
+@contextmanager
+def one_process_mesh(tmp_path):
+    """A gloo group of one process in this process, rendezvous through a file: no MASTER_PORT in the environment
+    (CLI runs started from here would inherit it and collide with this group's store)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29563")
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield init_device_mesh("cpu", (1,))
-    dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
 
 
-def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_process_mesh):
+def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path):
     """trainer=fsdp2 with gloo: fully_shard per block in two processes and RunCheckpoint saving a sealed sharded
     folder on every rank; the folder reads back without unpickling code (here in one process: another world size)
     to the weights torch's own reader gives, and consolidates into one safetensors checkpoint holding every weight
@@ -117,16 +118,6 @@ def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_p
     for name, tensor in checkpoint["state_dict"].items():
         assert tensor.shape == reference[name].shape, name
 
-    # read back safely in one process (DCP reshards 2 -> 1): the same weights as torch's own (pickle) reader
-    apply_fsdp2(module.backbone, one_process_mesh, activation_checkpointing=True)
-    meta = sharded_checkpoint.load_into(last, module, [])
-    assert meta["global_step"] == 2
-    loaded = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    trained = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.autoencoder.")}
-    assert trained and any(not torch.equal(trained[k], reference[k]) for k in trained)  # it trained
-    for name, tensor in trained.items():
-        assert torch.equal(loaded[name], tensor), name
-
     # the same command, one more step: resumes from the sharded folder at step 2; with the sampling callbacks on
     # (sharded weights: every rank takes part in generating, rank 0 writes)
     with_samples = [a for a in FSDP2_RUN if a not in ("callbacks.samples=null", "callbacks.composition=null")]
@@ -144,3 +135,15 @@ def test_fsdp2_two_processes_save_sharded_resume_and_consolidate(tmp_path, one_p
     assert adam_steps == {3.0}  # the optimizer's moments continued (a fresh optimizer would count 1)
     assert (run_dir / "samples" / "final_step_000003.png").is_file()
     assert json.loads((run_dir / "composition.json").read_text())["num_samples"] == 4
+
+    # step 2's folder read back safely in one process (DCP reshards 2 -> 1): the weights torch's own (pickle)
+    # reader gives
+    with one_process_mesh(tmp_path) as mesh:
+        apply_fsdp2(module.backbone, mesh, activation_checkpointing=True)
+        meta = sharded_checkpoint.load_into(checkpoints / "step-00000002.safetensors", module, [])
+        loaded = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    assert meta["global_step"] == 2
+    trained = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.autoencoder.")}
+    assert trained and any(not torch.equal(trained[k], reference[k]) for k in trained)  # it trained
+    for name, tensor in trained.items():
+        assert torch.equal(loaded[name], tensor), name
