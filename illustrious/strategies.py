@@ -20,8 +20,9 @@ from illustrious.errors import ConfigError
 HYBRID = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 
 
-class FullyShardStrategy(ModelParallelStrategy):
-    """All processes in the data-parallel (sharding) dimension: FSDP2 without tensor parallelism."""
+class FSDP2Strategy(ModelParallelStrategy):
+    """All processes in the data-parallel (sharding) dimension: FSDP2 without tensor parallelism. (Callbacks that
+    must skip sharded strategies look for "FSDP" in the class name: callbacks/memory_check.py.)"""
 
     fsdp2_options: dict = {}  # read by DiffusionModule.configure_model
 
@@ -38,7 +39,7 @@ class FullyShardStrategy(ModelParallelStrategy):
         step, epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
         super().save_checkpoint(checkpoint, filepath, storage_options)
         if self._save_distributed_checkpoint:
-            self.barrier("FullyShardStrategy.save_checkpoint")
+            self.barrier("FSDP2Strategy.save_checkpoint")
             if self.global_rank == 0:
                 sharded_checkpoint.seal(Path(filepath), int(step or 0), int(epoch or 0), self.world_size)
 
@@ -92,7 +93,7 @@ def fsdp2(activation_checkpointing: bool = True, reshard_after_forward: bool = T
           save_distributed_checkpoint: bool = True, **kwargs: Any):
     """Lightning's ModelParallelStrategy with every process sharding; the module's `configure_model` applies
     `fully_shard` per block through the backbone's policy."""
-    strategy = FullyShardStrategy(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+    strategy = FSDP2Strategy(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
     strategy.fsdp2_options = {"activation_checkpointing": activation_checkpointing,
                               "reshard_after_forward": reshard_after_forward}
     return strategy

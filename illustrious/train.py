@@ -89,9 +89,9 @@ def save_lora_files(backbone, output_dir) -> None:
 
 
 def check_sharded_resume(strategy, folder: Path) -> None:
-    from illustrious.strategies import FullyShardStrategy
+    from illustrious.strategies import FSDP2Strategy
 
-    if not isinstance(strategy, FullyShardStrategy):
+    if not isinstance(strategy, FSDP2Strategy):
         from illustrious.errors import ConfigError
 
         raise ConfigError(
