@@ -137,6 +137,18 @@ def shard_encodings():
     return tuple(ENCODINGS)
 
 
+def attention_backends():
+    from illustrious.backbones.speed import ATTENTION_BACKENDS
+
+    return ATTENTION_BACKENDS
+
+
+def compile_modes():
+    from illustrious.backbones.speed import COMPILE_MODES
+
+    return COMPILE_MODES
+
+
 def latent_dtypes():
     from illustrious.cache_latents import DTYPES
 
@@ -185,6 +197,10 @@ BACKBONE = {
     "backbone.tokenizer_max_length": integer(77, min=1),
     "backbone.max_sequence_length": integer(256, min=1),
     "backbone.system_prompt": text("''"),
+    "backbone.attention": choice(attention_backends, "flash"),
+    "backbone.channels_last": boolean(),
+    "backbone.checkpoint_blocks": number(0.5, min=0, max=1),
+    "backbone.compile": choice(compile_modes, "regional"),
 }
 
 SAMPLING = {
@@ -222,6 +238,7 @@ RUN = {
     "optim.optimizer.betas": numbers(2, "[0.9,0.999]", min=0, max=1),
     "optim.optimizer.eps": number("1e-8", above=0),
     "optim.optimizer.weight_decay": number(0.01, min=0),
+    "optim.optimizer.fused": boolean(null=True),
     "optim.lr_scheduler.num_warmup_steps": integer(50, min=0),
     "optim.lr_scheduler.num_training_steps": integer(600, min=1, also=(-1,)),
     "captions.dropout": number(0.1, min=0, max=1),

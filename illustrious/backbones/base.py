@@ -75,6 +75,10 @@ class Backbone(nn.Module):
     # `optim.lrs.<group>` per group): "denoiser" and "text_encoder" (one encoder) or "text_encoder_1", ... in
     # the order of `text_encoders`, the names diffusers and kohya use.
     TEXT_ENCODERS_DEFAULT = "text_encoders"
+    # speed levers (`configure_speed`): the SDPA kernel attention prefers, and whether some denoiser blocks
+    # are already wrapped for selective activation checkpointing
+    attention: str = "auto"
+    checkpointed_blocks: int = 0
 
     def __init__(self, autoencoder: nn.Module):
         super().__init__()
@@ -185,9 +189,30 @@ class Backbone(nn.Module):
     def text_encoders_frozen(self) -> bool:
         return all(g in self._frozen for g in self.text_encoder_groups())
 
+    def configure_speed(self, attention: str = "auto", checkpoint_blocks: float = 0.0,
+                        compile: str = "none") -> Backbone:
+        """The training-speed levers (illustrious/backbones/speed.py): `attention` names the SDPA kernel the
+        denoiser prefers (auto, flash, efficient, cudnn, math); `checkpoint_blocks` recomputes this fraction of
+        the denoiser's blocks in the backward pass (selective checkpointing; 1 = every block); `compile`
+        "regional" compiles each repeated block with torch.compile."""
+        from illustrious.backbones import speed
+        from illustrious.errors import ConfigError
+
+        speed.sdpa_backends(attention)  # checks the name
+        if compile not in speed.COMPILE_MODES:
+            raise ConfigError(f"backbone.compile={compile!r}: needs one of {', '.join(speed.COMPILE_MODES)}, "
+                              "e.g. backbone.compile=regional.")
+        self.attention = attention
+        if checkpoint_blocks:
+            self.checkpointed_blocks = len(speed.checkpoint_blocks(self, checkpoint_blocks, attention))
+        if compile == "regional":
+            speed.compile_regions(self)
+        return self
+
     def enable_gradient_checkpointing(self, groups: Sequence[str]) -> None:
         """Recompute activations in the backward pass for these groups (`text_encoders` = all of them),
         through diffusers' `enable_gradient_checkpointing` / transformers' `activation_checkpointing_enable`."""
+        from illustrious.backbones.speed import checkpoint_function
         from illustrious.errors import ConfigError
 
         parts = self.components()
@@ -196,10 +221,13 @@ class Backbone(nn.Module):
         if unknown:
             raise ConfigError(f"gradient_checkpointing: unknown component(s) {sorted(unknown)}; this backbone has "
                               f"{[*parts, self.TEXT_ENCODERS_DEFAULT]}.")
+        if "denoiser" in names and self.checkpointed_blocks:
+            raise ConfigError("gradient_checkpointing=[denoiser] and backbone.checkpoint_blocks both checkpoint the "
+                              "denoiser: use one (checkpoint_blocks=1 is every block; 0.5 every other one).")
         for name in names:
             model = getattr(parts[name], "model", parts[name])  # prompt encoders wrap a transformers model
-            if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
-                model.enable_gradient_checkpointing()
+            if hasattr(model, "enable_gradient_checkpointing"):  # diffusers; the recomputation keeps the kernel
+                model.enable_gradient_checkpointing(checkpoint_function(self.attention))
             elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             elif hasattr(model, "gradient_checkpointing_enable"):

@@ -85,14 +85,19 @@ def parts_outside_units(module: nn.Module, units: set[nn.Module]) -> list[nn.Mod
     return parts
 
 
-def apply_activation_checkpointing(modules: Iterable[nn.Module], root: nn.Module) -> None:
-    """Recompute these modules' activations in the backward pass (PyTorch's non-reentrant checkpoint wrapper)."""
+def apply_activation_checkpointing(modules: Iterable[nn.Module], root: nn.Module, context_fn=None) -> None:
+    """Recompute these modules' activations in the backward pass (PyTorch's non-reentrant checkpoint wrapper);
+    `context_fn` gives torch.utils.checkpoint the (forward, recomputation) contexts."""
+    import functools
+
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         apply_activation_checkpointing as apply,
     )
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     targets = set(modules)
-    apply(root, check_fn=lambda m: m in targets)
+    wrapper = functools.partial(checkpoint_wrapper, context_fn=context_fn) if context_fn else checkpoint_wrapper
+    apply(root, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: m in targets)
 
 
 def apply_fsdp2(backbone: nn.Module, mesh, *, activation_checkpointing: bool = True,
@@ -106,8 +111,12 @@ def apply_fsdp2(backbone: nn.Module, mesh, *, activation_checkpointing: bool = T
     from torch.distributed.fsdp import fully_shard
 
     policy = backbone.parallel_policy()
-    if activation_checkpointing:
-        apply_activation_checkpointing(unit_modules(backbone, "checkpoint"), backbone)
+    if activation_checkpointing and not getattr(backbone, "checkpointed_blocks", 0):  # else selective already
+        from illustrious.backbones.speed import checkpoint_contexts
+
+        attention = getattr(backbone, "attention", "auto")
+        apply_activation_checkpointing(unit_modules(backbone, "checkpoint"), backbone,
+                                       context_fn=None if attention == "auto" else checkpoint_contexts(attention))
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy

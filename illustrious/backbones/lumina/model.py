@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
 from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_parts
+from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     LUMINA_SYSTEM_PROMPT,
     GemmaPromptEncoder,
@@ -41,7 +42,8 @@ class LuminaBackbone(Backbone):
     @classmethod
     def from_config(cls, autoencoder: nn.Module, tokenizer: str, transformer: Mapping | None = None,
                     text_encoder: Mapping | None = None, system_prompt: str = "diffusers",
-                    max_sequence_length: int = 256, native_resolution: int | None = None) -> LuminaBackbone:
+                    max_sequence_length: int = 256, native_resolution: int | None = None,
+                    attention: str = "auto", checkpoint_blocks: float = 0.0, compile: str = "none") -> LuminaBackbone:
         """Lumina-2's architecture with overrides; channels and caption width are derived, not configured.
 
         `system_prompt`: a name from `illustrious.backbones.system_prompts` or a custom sentence."""
@@ -58,13 +60,14 @@ class LuminaBackbone(Backbone):
         encoder = GemmaPromptEncoder(tok, gemma, system_prompt=system_prompt, max_length=max_sequence_length)
         backbone = cls(Lumina2Transformer2DModel.from_config(config), encoder, autoencoder)
         backbone.declared_native_resolution = native_resolution
-        return backbone
+        return backbone.configure_speed(attention, checkpoint_blocks, compile)
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, system_prompt: str = "diffusers",
                         max_sequence_length: int = 256, base: str | None = None, tokenizer: str | None = None,
                         allow_pickle: bool = False, check_prediction_type: bool = True,
-                        native_resolution: int | None = None) -> LuminaBackbone:
+                        native_resolution: int | None = None, attention: str = "auto", checkpoint_blocks: float = 0.0,
+                        compile: str = "none") -> LuminaBackbone:
         """Load Lumina-Image-2.0 from a local diffusers folder (transformer/, text_encoder/, tokenizer/, vae/), or
         from one file: the original repository's consolidated checkpoint (transformer only; `.safetensors`, or
         `.pth` with `allow_pickle`) or ComfyUI's single file. What a file lacks (text encoder, VAE, tokenizer)
@@ -91,7 +94,7 @@ class LuminaBackbone(Backbone):
         backbone.pretrained_prediction = PredictionType("flow", False, f"{root} (Lumina-2 is a flow model)")
         backbone.check_prediction_type = check_prediction_type
         backbone.declared_native_resolution = native_resolution
-        return backbone
+        return backbone.configure_speed(attention, checkpoint_blocks, compile)
 
     def original_state_dict(self) -> dict:
         """The Next-DiT in the original repository's layout (consolidated checkpoint keys)."""
@@ -138,6 +141,7 @@ class LuminaBackbone(Backbone):
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
         # Lumina's network runs time the other way (0 = noise) and predicts x0 - noise: flip both
         # so that, to the objective, it predicts our flow target noise - x0 at our t.
-        out = self.denoiser(hidden_states=x_t, timestep=1 - t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
-                            encoder_attention_mask=cond.mask, return_dict=False)[0]
+        with attention_context(self.attention):
+            out = self.denoiser(hidden_states=x_t, timestep=1 - t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
+                                encoder_attention_mask=cond.mask, return_dict=False)[0]
         return -out

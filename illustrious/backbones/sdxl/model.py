@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
 from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_parts
+from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     CLIPPromptEncoder,
     architecture_config,
@@ -46,7 +47,8 @@ class SDXLBackbone(Backbone):
     def from_config(cls, autoencoder: nn.Module, tokenizer_1: str, tokenizer_2: str, unet: Mapping | None = None,
                     text_encoder_1: Mapping | None = None, text_encoder_2: Mapping | None = None,
                     tokenizer_max_length: int | None = None, max_chunks: int = 3,
-                    mask_padding: bool = False, native_resolution: int | None = None) -> SDXLBackbone:
+                    mask_padding: bool = False, native_resolution: int | None = None, attention: str = "auto",
+                    channels_last: bool = False, checkpoint_blocks: float = 0.0, compile: str = "none") -> SDXLBackbone:
         """SDXL's architecture with `unet` / `text_encoder_*` overrides (tiny flavors change only widths).
 
         `tokenizer_max_length` shortens the token sequence (SDXL: 77) where prompts are known to be short.
@@ -73,13 +75,14 @@ class SDXLBackbone(Backbone):
         backbone = cls(UNet2DConditionModel.from_config(config), CLIPPromptEncoder(tok1, te1, max_chunks),
                        CLIPPromptEncoder(tok2, te2, max_chunks), autoencoder, mask_padding)
         backbone.declared_native_resolution = native_resolution
-        return backbone
+        return backbone.configure_speed(attention, checkpoint_blocks, compile, channels_last=channels_last)
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, config: str | None = None, tokenizer_1: str | None = None,
                         tokenizer_2: str | None = None, allow_pickle: bool = False,
                         check_prediction_type: bool = True, max_chunks: int = 3,
-                        mask_padding: bool = False, native_resolution: int | None = None) -> SDXLBackbone:
+                        mask_padding: bool = False, native_resolution: int | None = None, attention: str = "auto",
+                        channels_last: bool = False, checkpoint_blocks: float = 0.0, compile: str = "none") -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder{,_2}/, tokenizer{,_2}/, vae/) or from one
         file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
 
@@ -104,7 +107,7 @@ class SDXLBackbone(Backbone):
         backbone.pretrained_prediction = prediction
         backbone.check_prediction_type = check_prediction_type
         backbone.declared_native_resolution = native_resolution
-        return backbone
+        return backbone.configure_speed(attention, checkpoint_blocks, compile, channels_last=channels_last)
 
     @classmethod
     def _from_folder(cls, root: Path, max_chunks: int = 3, mask_padding: bool = False) -> SDXLBackbone:
@@ -137,6 +140,15 @@ class SDXLBackbone(Backbone):
             enc.tokenizer.save_pretrained(root / f"tokenizer{sub}")
         if isinstance(self.autoencoder, LatentAutoencoder):
             self.autoencoder.vae.save_pretrained(root / "vae")
+
+    def configure_speed(self, attention: str = "auto", checkpoint_blocks: float = 0.0, compile: str = "none",
+                        channels_last: bool = False) -> SDXLBackbone:
+        """`Backbone.configure_speed`, and `channels_last`: the UNet's weights and inputs in NHWC memory
+        layout, which cuDNN's convolutions on tensor cores prefer."""
+        self.channels_last = channels_last
+        if channels_last:
+            self.denoiser.to(memory_format=torch.channels_last)
+        return super().configure_speed(attention, checkpoint_blocks, compile)
 
     def parallel_policy(self):
         from illustrious.backbones.sdxl.parallelize import POLICY
@@ -174,6 +186,9 @@ class SDXLBackbone(Backbone):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, batch_extras: Mapping | None = None) -> Tensor:
         added = {"text_embeds": cond.pooled.to(x_t.dtype), "time_ids": self.time_ids(x_t, batch_extras)}
+        if getattr(self, "channels_last", False):
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
         # The UNet was trained on discrete steps k = 1000 t (ARCHITECTURE.md, "The time convention").
-        return self.denoiser(x_t, 1000 * t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
-                             encoder_attention_mask=cond.mask, added_cond_kwargs=added, return_dict=False)[0]
+        with attention_context(self.attention):
+            return self.denoiser(x_t, 1000 * t, encoder_hidden_states=cond.tokens.to(x_t.dtype),
+                                 encoder_attention_mask=cond.mask, added_cond_kwargs=added, return_dict=False)[0]
