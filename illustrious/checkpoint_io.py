@@ -181,6 +181,25 @@ def read_header(path: str | Path) -> dict:
     return header
 
 
+class _NoTensors(dict):
+    """Tensor table for `read_structure`: every tensor reads as None."""
+
+    def __missing__(self, key):
+        return None
+
+
+def read_structure(path: str | Path) -> Any:
+    """A safetensors checkpoint's nested structure (run config, loop state, ...) from its header alone, every
+    tensor as None: cheap, for checking a stored run config before any weight is read."""
+    metadata = read_header(path).get("__metadata__") or {}
+    if STRUCTURE_KEY not in metadata:
+        raise CheckpointError(f"{path} is not an Illustrious training checkpoint (no structure in its metadata).")
+    try:
+        return _decode(json.loads(metadata[STRUCTURE_KEY]), _NoTensors())
+    except ValueError as error:
+        raise CheckpointError(f"{path} has a malformed structure ({error}).") from None
+
+
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", allow_pickle: bool = False) -> dict:
     """Read a checkpoint, verifying it: complete, its tensor bytes matching the stored checksum, and its
     weights and optimizer state finite. Raises CheckpointError / NonFiniteError naming the file otherwise."""
@@ -188,11 +207,9 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", allow_pick
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix != ".safetensors":
-        if not allow_pickle:  # one refusal, worded once, for checkpoints and weight files alike
-            from illustrious.weights.safe_read import pickle_refusal
+        from illustrious.weights.safe_read import read_pickle  # one pickle reader for checkpoints and weights
 
-            raise ValueError(pickle_refusal(path))
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_pickle(path, allow_pickle, map_location)
         check_finite(checkpoint, f"Checkpoint {path}")
         return checkpoint
     from safetensors import safe_open

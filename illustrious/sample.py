@@ -160,19 +160,14 @@ def next_index(out: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def load_module(checkpoint: str, allow_pickle: bool = False, device: str = "auto"):
-    """The trained DiffusionModule and its run config, from a checkpoint alone."""
+def load_module(checkpoint: str, allow_pickle: bool = False, device: str = "auto", config_dirs=None):
+    """The trained DiffusionModule and its run config, from a checkpoint alone (and the user's config folders
+    when the run used options of its own: `--config-dir DIR` or `config_dir=DIR`)."""
     import torch
 
-    from illustrious.checkpoint_io import load_checkpoint_file
-    from illustrious.train import build_module
-    from illustrious.weights.run_config import rebuild_run_config
+    from illustrious.weights.rebuild import module_from_checkpoint
 
-    ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
-    # the stored config only selects our own config groups; it never names code to run
-    run_cfg = rebuild_run_config(ckpt, source=str(checkpoint))
-    module = build_module(run_cfg)
-    module.load_state_dict(ckpt["state_dict"])
+    module, run_cfg, _ = module_from_checkpoint(checkpoint, allow_pickle, config_dirs)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return module.to(device).eval(), run_cfg
@@ -184,7 +179,9 @@ def sample(cfg: DictConfig) -> list[Path]:
     from illustrious.sampling.generate import generate
 
     prompts = check_sample_config(cfg)
-    module, run_cfg = load_module(cfg.checkpoint, cfg.allow_pickle, cfg.device)
+    from illustrious.weights.rebuild import config_dirs_of
+
+    module, run_cfg = load_module(cfg.checkpoint, cfg.allow_pickle, cfg.device, config_dirs_of(cfg))
     settings = resolve_settings(cfg, dict(run_cfg.get("sampling") or {}))
     height, width = image_size(cfg, run_cfg, module.backbone.pixel_multiple)
     jobs = [p for p in prompts for _ in range(cfg.num_images)]

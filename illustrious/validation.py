@@ -292,6 +292,27 @@ SAMPLE = {
     "diagnostics": boolean(),
     "device": text("cuda"),
     "allow_pickle": boolean("false"),
+    "config_dir": text("my_conf", null=True),
+}
+
+EVALUATE = {
+    **{key: SAMPLE[key] for key in ("negative_prompt", "sampler", "steps", "cfg", "seed", "width", "height",
+                                    "num_images", "batch_size", "shift", "guidance_rescale", "cfg_trunc_ratio",
+                                    "cfg_renorm", "device", "allow_pickle", "config_dir")},
+    "prompts": text("prompts.txt"),
+    "out_dir": text("evaluation"),
+    "grid_cell": integer(128, min=16),
+    "feature_model.name": text("inception_v3", null=True),
+    "feature_model.weights": text("/models/inception_v3.safetensors", null=True),
+    "feature_model.image_size": integer(299, min=8, null=True),
+    "reference_images": text("/data/real_images", null=True),
+    "kid_subset_size": integer(50, min=2),
+    "kid_subsets": integer(100, min=1),
+    "clip_model": text("/models/clip-vit-large-patch14", null=True),
+    "ccip.model_name": text("caformer_s36", null=True),
+    "ccip.weights": text("/models/ccip.safetensors", null=True),
+    "ccip.image_size": integer(384, min=8, null=True),
+    "ccip.references": text("/data/characters", null=True),
 }
 
 CACHE_LATENTS = {

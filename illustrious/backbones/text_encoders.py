@@ -33,25 +33,36 @@ def architecture_config(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+# Shipped tokenizers that are another shipped tokenizer with different settings (no second copy of the files).
+# SDXL's tokenizer_2 (OpenCLIP-bigG) is CLIP ViT-L/14's vocabulary padded with "!" (id 0), as OpenCLIP pads.
+TOKENIZER_VARIANTS = {"clip_g": ("clip_l", {"pad_token": "!"})}
+
+
+def shipped_tokenizers() -> list[str]:
+    folders = [p.name for p in TOKENIZERS_DIR.iterdir() if p.is_dir()] if TOKENIZERS_DIR.is_dir() else []
+    return sorted([*folders, *TOKENIZER_VARIANTS])
+
+
 def resolve_tokenizer_path(name_or_path: str) -> Path:
     """A tokenizer shipped with the package (by name) or a local folder; nothing is downloaded."""
-    shipped = TOKENIZERS_DIR / name_or_path
+    shipped = TOKENIZERS_DIR / TOKENIZER_VARIANTS.get(name_or_path, (name_or_path,))[0]
     if shipped.is_dir():
         return shipped
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    known = sorted(p.name for p in TOKENIZERS_DIR.iterdir() if p.is_dir()) if TOKENIZERS_DIR.is_dir() else []
     raise FileNotFoundError(
-        f"Tokenizer {name_or_path!r} is neither a shipped tokenizer ({known}) nor a local folder. "
+        f"Tokenizer {name_or_path!r} is neither a shipped tokenizer ({shipped_tokenizers()}) nor a local folder. "
         "Point it at a folder saved with `save_pretrained` (e.g. a diffusers model's tokenizer/ subfolder)."
     )
 
 
 def load_tokenizer(name_or_path: str):
+    """A shipped tokenizer by name (`clip_l`, `clip_g`: SDXL's real ones; `clip_tiny`, `gemma_tiny`) or a folder."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_tokenizer_path(name_or_path), local_files_only=True)
+    settings = TOKENIZER_VARIANTS.get(name_or_path, (None, {}))[1]
+    return AutoTokenizer.from_pretrained(resolve_tokenizer_path(name_or_path), local_files_only=True, **settings)
 
 
 class CLIPPromptEncoder(nn.Module):

@@ -144,20 +144,16 @@ def _fill_diffusers(backbone, fam: Family, kind: markers.PredictionType, meta: M
 
 # -- from a training checkpoint ---------------------------------------------------------------------------------
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, dtype: str = "fp16",
-                      overwrite: bool = False, allow_pickle: bool = False, title: str | None = None) -> Path:
-    """Rebuild the model a training checkpoint holds (its stored run config selects our own config groups only:
-    run_config.rebuild_run_config) and export it."""
+                      overwrite: bool = False, allow_pickle: bool = False, title: str | None = None,
+                      config_dirs=None) -> Path:
+    """Rebuild the model a training checkpoint holds (its stored run config selects our own config groups only,
+    or the user's `config_dirs`: run_config.rebuild_run_config) and export it."""
     from omegaconf import OmegaConf
 
-    from illustrious.checkpoint_io import load_checkpoint_file
-    from illustrious.train import build_module
-    from illustrious.weights.run_config import LEGACY_KEY, STORED_KEY, rebuild_run_config
+    from illustrious.weights.rebuild import module_from_checkpoint
+    from illustrious.weights.run_config import LEGACY_KEY, STORED_KEY
 
-    ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
-    # the stored config only selects our own config groups; it never names code to run
-    run_cfg = rebuild_run_config(ckpt, source=str(checkpoint))
-    module = build_module(run_cfg)
-    module.load_state_dict(ckpt["state_dict"])
+    module, run_cfg, ckpt = module_from_checkpoint(checkpoint, allow_pickle, config_dirs)
     stored = ckpt.get(STORED_KEY) or {"legacy": True, "choices": {}, "values": {}}
     if LEGACY_KEY in ckpt and STORED_KEY not in ckpt:  # record plain values only, never the old targets
         from illustrious.weights.run_config import plain_values

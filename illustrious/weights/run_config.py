@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,25 +48,43 @@ def is_special(key: Any) -> bool:
     return isinstance(key, str) and key.startswith("_")
 
 
+def user_config_dirs(dirs: Any) -> tuple[str, ...]:
+    """The user's own config folders (given on the command line, never by a checkpoint) as absolute paths."""
+    if dirs is None:
+        return ()
+    found = []
+    for d in [dirs] if isinstance(dirs, (str, Path)) else list(dirs):
+        path = Path(str(d).removeprefix("file://")).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"config folder {d!r} does not exist: give the folder of your own config groups "
+                              "(laid out like illustrious/conf) that the run was trained with.")
+        found.append(str(path))
+    return tuple(dict.fromkeys(found))
+
+
 @cache
-def group_options() -> dict[str, tuple[str, ...]]:
-    """Every config group in the package (nested ones as `objective/timesteps`) -> its option names."""
+def group_options(config_dirs: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Every config group in the package (nested ones as `objective/timesteps`) -> its option names, with the
+    options the user's own config folders add to those groups."""
     groups: dict[str, tuple[str, ...]] = {}
     for folder in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
         group = folder.relative_to(CONF_DIR).as_posix()
         if group.startswith("hydra"):
             continue
-        options = tuple(sorted(p.stem for p in folder.glob("*.yaml")))
+        options = {p.stem for root in (CONF_DIR, *map(Path, config_dirs)) for p in (root / group).glob("*.yaml")}
         if options:
-            groups[group] = options
+            groups[group] = tuple(sorted(options))
     return groups
 
 
-def compose_run_config(overrides: list[str]) -> DictConfig:
-    """Compose the package's `config` with these overrides (outside any running Hydra app)."""
+def compose_run_config(overrides: list[str], config_dirs: tuple[str, ...] = ()) -> DictConfig:
+    """Compose the package's `config` with these overrides (outside any running Hydra app), the user's config
+    folders on the search path after the package's own (as `--config-dir` puts them when training)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    if config_dirs:
+        overrides = [*overrides, "hydra.searchpath=[" + ",".join(f"file://{d}" for d in config_dirs) + "]"]
     outer = GlobalHydra.instance().is_initialized()
     if outer:  # inside a Hydra app (the sample command): compose with its own loader
         return compose(config_name="config", overrides=overrides)
@@ -132,14 +151,14 @@ def _select(node: Any, dotted: str) -> Any:
 
 
 @cache
-def _option_signatures(group: str) -> dict[str, tuple]:
+def _option_signatures(group: str, config_dirs: tuple[str, ...] = ()) -> dict[str, tuple]:
     """For each option of `group`: the targets its node composes to (nested groups left out)."""
     path = group.replace("/", ".")
     nested = frozenset(g.replace("/", ".") for g in group_options() if g.startswith(group + "/"))
     signatures = {}
-    for option in group_options()[group]:
+    for option in group_options(config_dirs)[group]:
         try:
-            cfg = compose_run_config([f"{group}={option}"])
+            cfg = compose_run_config([f"{group}={option}"], config_dirs)
         except Exception:  # an option that only composes together with others
             continue
         node = OmegaConf.to_container(OmegaConf.select(cfg, path), resolve=False) if OmegaConf.select(cfg, path) is not None else None
@@ -147,7 +166,8 @@ def _option_signatures(group: str) -> dict[str, tuple]:
     return signatures
 
 
-def infer_choices(resolved: Mapping, *, strict: bool = True, source: str = "the stored config") -> dict[str, str]:
+def infer_choices(resolved: Mapping, *, strict: bool = True, source: str = "the stored config",
+                  config_dirs: tuple[str, ...] = ()) -> dict[str, str]:
     """Match each group's node in a resolved config against our options, by the targets it names.
 
     Targets are compared as strings; nothing is imported. With `strict`, a node that names targets no
@@ -165,23 +185,23 @@ def infer_choices(resolved: Mapping, *, strict: bool = True, source: str = "the 
         wanted = _targets(node, path, nested)
         if not wanted:
             continue
-        matches = [o for o, sig in _option_signatures(group).items() if sig == wanted]
+        matches = [o for o, sig in _option_signatures(group, config_dirs).items() if sig == wanted]
         if len(matches) > 1:  # same classes, different settings: the option whose values agree most
-            matches.sort(key=lambda o: -_agreement(resolved, group, o))
+            matches.sort(key=lambda o: -_agreement(resolved, group, o, config_dirs))
         if matches:
             choices[group] = matches[0]
         elif strict:
             names = ", ".join(sorted({t for _, t in wanted}))
             raise ConfigError(
                 f"{source}: its '{path}' names {names}, which none of our '{group}' options "
-                f"({', '.join(group_options()[group])}) uses. A checkpoint's config may only select our own "
-                "config groups; it will not be built. If you wrote this model yourself, rebuild it in Python.")
+                f"({', '.join(group_options(config_dirs)[group])}) uses. A checkpoint's config may only select our "
+                "own config groups; it will not be built. If you wrote this model yourself, rebuild it in Python.")
     return choices
 
 
-def _agreement(resolved: Mapping, group: str, option: str) -> int:
+def _agreement(resolved: Mapping, group: str, option: str, config_dirs: tuple[str, ...] = ()) -> int:
     path = group.replace("/", ".")
-    composed = OmegaConf.to_container(OmegaConf.select(compose_run_config([f"{group}={option}"]), path),
+    composed = OmegaConf.to_container(OmegaConf.select(compose_run_config([f"{group}={option}"], config_dirs), path),
                                       resolve=False)
     stored = _select(resolved, path)
 
@@ -228,8 +248,14 @@ def _copy_values(target: DictConfig, values: Mapping, where: str, skipped: list[
             target[key] = value
 
 
-def validate_choices(choices: Mapping, source: str) -> dict[str, str]:
-    known = group_options()
+USER_FOLDER_HINT = ("If the run was trained with your own config folder (--config-dir DIR or hydra.searchpath), "
+                    "give the same folder here: --config-dir DIR or config_dir=DIR.")
+
+
+def validate_choices(choices: Mapping, source: str, config_dirs: tuple[str, ...] = ()) -> dict[str, str]:
+    """Each stored choice must be a plain option name found in our groups (or the user's folders given on the
+    command line); a checkpoint never names a folder, a path or a target."""
+    known = group_options(config_dirs)
     valid = {}
     for group, option in choices.items():
         option = str(option)
@@ -241,14 +267,22 @@ def validate_choices(choices: Mapping, source: str) -> dict[str, str]:
             raise ConfigError(f"{source}: stored choice for '{group}', which is not one of our config groups "
                               f"({', '.join(known)}).")
         if not OPTION_NAME.match(option) or option not in known[group]:
-            raise ConfigError(f"{source}: stored choice {group}={option!r} is not one of our options "
-                              f"({', '.join(known[group])}).")
+            folders = f" in {', '.join(config_dirs)}" if config_dirs else ""
+            hint = USER_FOLDER_HINT if OPTION_NAME.match(option) else ""
+            raise ConfigError(f"{source}: stored choice {group}={option!r} is not one of our options for '{group}' "
+                              f"({', '.join(known[group])}, in the package{folders}). {hint}".rstrip())
         valid[group] = option
     return valid
 
 
-def rebuild_run_config(checkpoint: Mapping, source: str, extra_overrides: list[str] | None = None) -> DictConfig:
-    """The run config for a checkpoint, composed from our own config groups (see the module docstring)."""
+def rebuild_run_config(checkpoint: Mapping, source: str, extra_overrides: list[str] | None = None,
+                       config_dirs: Any = None) -> DictConfig:
+    """The run config for a checkpoint, composed from our own config groups (see the module docstring).
+
+    `config_dirs`: the user's own config folders, given by whoever runs the command (never read from the
+    checkpoint), whose options the stored choices may then select, as `--config-dir` allowed when training.
+    """
+    config_dirs = user_config_dirs(config_dirs)
     if STORED_KEY in checkpoint:
         stored = checkpoint[STORED_KEY]
         if not isinstance(stored, Mapping) or not isinstance(stored.get("values"), Mapping):
@@ -256,19 +290,19 @@ def rebuild_run_config(checkpoint: Mapping, source: str, extra_overrides: list[s
         values = stored["values"]
         _check_plain(values, "", source)
         _check_plain(stored.get("choices") or {}, "choices", source)
-        choices = validate_choices(stored.get("choices") or {}, source)
+        choices = validate_choices(stored.get("choices") or {}, source, config_dirs)
     elif LEGACY_KEY in checkpoint:
         values = checkpoint[LEGACY_KEY]
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source}: its stored run config ({LEGACY_KEY}) is malformed.")
-        choices = infer_choices(values, strict=True, source=source)
+        choices = infer_choices(values, strict=True, source=source, config_dirs=config_dirs)
         values = plain_values(values)
         _check_plain(values, "", source)
     else:
         raise ConfigError(f"{source} has no stored run config; it was not written by illustrious.train, so "
                           "the model cannot be rebuilt from it.")
     overrides = [f"+{g}={o}" if g in NOT_CHOSEN_FROM_CHECKPOINTS else f"{g}={o}" for g, o in choices.items()]
-    cfg = compose_run_config(overrides + list(extra_overrides or []))
+    cfg = compose_run_config(overrides + list(extra_overrides or []), config_dirs)
     skipped: list[str] = []
     OmegaConf.set_struct(cfg, False)
     _copy_values(cfg, {k: v for k, v in values.items() if k != "hydra"}, "", skipped)

@@ -22,6 +22,15 @@ def pickle_refusal(path: Path) -> str:
             "it is then read with torch.load(weights_only=True), which rebuilds tensors only.")
 
 
+def read_pickle(path: str | Path, allow_pickle: bool = False, map_location=None) -> object:
+    """The one place a pickle is read (weights files and training checkpoints): refused without the opt-in,
+    then `torch.load(weights_only=True)`, which rebuilds tensors and plain containers only."""
+    path = Path(path)
+    if not allow_pickle:
+        raise ValueError(pickle_refusal(path))
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def read_weights(path: str | Path, allow_pickle: bool = False, device: str = "cpu"
                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of one weights file. Pickle files give no metadata; a nested `state_dict` /
@@ -37,9 +46,7 @@ def read_weights(path: str | Path, allow_pickle: bool = False, device: str = "cp
     if path.suffix not in PICKLE_SUFFIXES:
         raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors "
                          f"(or, with allow_pickle=true, one of {', '.join(PICKLE_SUFFIXES)}).")
-    if not allow_pickle:
-        raise ValueError(pickle_refusal(path))
-    obj = torch.load(path, map_location=device, weights_only=True)
+    obj = read_pickle(path, allow_pickle, map_location=device)
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

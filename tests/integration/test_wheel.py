@@ -20,7 +20,7 @@ from tests.integration.test_cli import write_user_configs
 pytestmark = pytest.mark.slow  # builds, installs and starts five fresh processes: about 1-2 minutes on 2 idle cores
 
 SCRIPTS = ["illustrious-train", "illustrious-sample", "illustrious-cache-latents", "illustrious-make-shards",
-           "illustrious-arena"]
+           "illustrious-arena", "illustrious-evaluate"]
 
 
 def run(*args, env=None, cwd=None, timeout=600):

@@ -105,3 +105,25 @@ def test_markers_written_round_trip_and_objective_check():
     with pytest.raises(ConfigError, match="zero-terminal"):
         markers.check_objective(vpred, VPredictionObjective(zero_terminal_snr=False))
     markers.check_objective(vpred, EpsilonObjective(), enabled=False)
+
+
+def test_one_pickle_reader_for_checkpoints_and_weights(tmp_path, monkeypatch):
+    """Training checkpoints and weight files read pickles through `read_pickle` alone (one refusal, one
+    `weights_only=True` load); no other module of the package calls torch.load."""
+    from pathlib import Path
+
+    import illustrious
+    from illustrious.checkpoint_io import load_checkpoint_file
+    from illustrious.weights import safe_read
+
+    calls = []
+    real = safe_read.read_pickle
+    monkeypatch.setattr(safe_read, "read_pickle", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    assert torch.equal(load_checkpoint_file(path, allow_pickle=True)["state_dict"]["w"], torch.ones(2))
+    assert torch.equal(read_weights(path, allow_pickle=True)[0]["w"], torch.ones(2))
+    assert calls == [path, path]
+    package = Path(illustrious.__file__).parent
+    callers = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "torch.load(" in p.read_text()]
+    assert callers == ["weights/safe_read.py"]

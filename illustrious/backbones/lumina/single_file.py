@@ -22,12 +22,27 @@ def _base_part(base: str | None, subfolder: str, path: Path, what: str) -> Path:
     return folder
 
 
+def gemma_tokenizer(tokenizer: str | None, base: str | None, path: Path):
+    """Gemma-2's tokenizer is not shipped (no package registry carries it; its terms are Gemma's): it comes
+    from `backbone.tokenizer` or `backbone.base`'s tokenizer/."""
+    if tokenizer:
+        return load_tokenizer(tokenizer)
+    folder = Path(base).expanduser() / "tokenizer" if base else None
+    if folder is None or not folder.is_dir():
+        raise ConfigError(
+            f"{path} holds no tokenizer and Gemma-2's is not shipped with the package: set "
+            "backbone.tokenizer=<folder> to the tokenizer/ folder of a Lumina-Image-2.0 diffusers copy "
+            "(Alpha-VLLM/Lumina-Image-2.0/tokenizer, with tokenizer.json or tokenizer.model and tokenizer_config.json; "
+            "google/gemma-2-2b's own folder works too), or backbone.base=<that Lumina-Image-2.0 diffusers folder>.")
+    return load_tokenizer(str(folder))
+
+
 def load_single_file(path: Path, base: str | None = None, tokenizer: str | None = None, allow_pickle: bool = False):
     """(transformer, gemma, tokenizer, vae) from one file, the rest from `base`."""
     from diffusers import AutoencoderKL, Lumina2Transformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
-    tok = load_tokenizer(tokenizer) if tokenizer else load_tokenizer(str(_base_part(base, "tokenizer", path, "tokenizer")))
+    tok = gemma_tokenizer(tokenizer, base, path)
     checkpoint, _ = read_weights(path, allow_pickle=allow_pickle)
     other = (adapter.COMFY_VAE_PREFIX, "text_encoders.")
     model_keys = {k: v for k, v in checkpoint.items() if not k.startswith(other)}

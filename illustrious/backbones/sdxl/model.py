@@ -82,19 +82,31 @@ class SDXLBackbone(Backbone):
                         tokenizer_2: str | None = None, allow_pickle: bool = False,
                         check_prediction_type: bool = True, max_chunks: int = 3,
                         mask_padding: bool = False, native_resolution: int | None = None, attention: str = "auto",
-                        channels_last: bool = False, checkpoint_blocks: float = 0.0, compile: str = "none") -> SDXLBackbone:
+                        channels_last: bool = False, checkpoint_blocks: float = 0.0, compile: str = "none",
+                        weights_in_checkpoint: bool = False) -> SDXLBackbone:
         """Load SDXL from a local diffusers folder (unet/, text_encoder{,_2}/, tokenizer{,_2}/, vae/) or from one
         file in the original layout (Illustrious XL, NoobAI; `.safetensors`, or a pickle with `allow_pickle`).
 
         A single file is built with the architecture shipped in the package, or `config`'s (a diffusers folder
-        of another size); its tokenizers come from `tokenizer_1`/`tokenizer_2` or `config`. What the weights
+        of another size); its tokenizers come from `tokenizer_1`/`tokenizer_2`, else `config`, else SDXL's own
+        (shipped in the package). What the weights
         predict (v_pred/ztsnr keys, modelspec metadata, scheduler config) is kept in `pretrained_prediction`,
         and training refuses a different objective while `check_prediction_type` is on.
+
+        `weights_in_checkpoint` (set when a trained run is rebuilt from its checkpoint, which holds every weight):
+        a single file is not read, its architecture is built with parameters on the meta device.
         """
         from illustrious.weights import markers
+        from illustrious.weights.safe_read import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 
-        root = locate_weights(weights, FOLDER_PARTS, "sdxl", "illustrious-xl.safetensors")
-        if root.is_file():
+        if weights_in_checkpoint and weights and Path(weights).suffix in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES):
+            from illustrious.backbones.sdxl.single_file import build_architecture
+
+            unet, te1, te2, tok1, tok2, vae = build_architecture(config, tokenizer_1, tokenizer_2)
+            backbone = cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks),
+                           LatentAutoencoder(vae), mask_padding)
+            prediction = None  # what the file says was checked when the run trained
+        elif (root := locate_weights(weights, FOLDER_PARTS, "sdxl", "illustrious-xl.safetensors")).is_file():
             from illustrious.backbones.sdxl.single_file import load_single_file
 
             unet, te1, te2, tok1, tok2, vae, prediction = load_single_file(root, config, tokenizer_1, tokenizer_2,

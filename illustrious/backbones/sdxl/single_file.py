@@ -12,14 +12,17 @@ from illustrious.errors import ConfigError
 from illustrious.weights import markers
 from illustrious.weights.safe_read import read_weights
 
+# SDXL's real tokenizers ship in the package (illustrious/backbones/tokenizers, scripts/build_clip_tokenizer.py).
+SHIPPED_TOKENIZERS = {"tokenizer": "clip_l", "tokenizer_2": "clip_g"}
 
-def tokenizer_folder(explicit: str | None, config_dir: str | None, subfolder: str, key: str):
+
+def tokenizer_folder(explicit: str | None, config_dir: str | None, subfolder: str):
+    """The tokenizer named by `backbone.tokenizer_*`, else `config`'s `<subfolder>/`, else SDXL's own (shipped)."""
     if explicit:
         return load_tokenizer(explicit)
     if config_dir and (Path(config_dir).expanduser() / subfolder).is_dir():
         return load_tokenizer(str(Path(config_dir).expanduser() / subfolder))
-    raise ConfigError(f"A single SDXL file holds no tokenizer: set backbone.{key}=<folder> (the {subfolder}/ folder of "
-                      "any SDXL diffusers copy), or backbone.config=<an SDXL diffusers folder> that has one.")
+    return load_tokenizer(SHIPPED_TOKENIZERS[subfolder])
 
 
 def load_single_file(path: Path, config_dir: str | None = None, tokenizer_1: str | None = None,
@@ -28,8 +31,8 @@ def load_single_file(path: Path, config_dir: str | None = None, tokenizer_1: str
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    tok1 = tokenizer_folder(tokenizer_1, config_dir, "tokenizer", "tokenizer_1")
-    tok2 = tokenizer_folder(tokenizer_2, config_dir, "tokenizer_2", "tokenizer_2")
+    tok1 = tokenizer_folder(tokenizer_1, config_dir, "tokenizer")
+    tok2 = tokenizer_folder(tokenizer_2, config_dir, "tokenizer_2")
     checkpoint, metadata = read_weights(path, allow_pickle=allow_pickle)
     if not any(k.startswith(adapter.UNET_PREFIX) for k in checkpoint):
         raise ConfigError(f"{path} has no {adapter.UNET_PREFIX}* keys: it is not an SDXL checkpoint in the original "
@@ -43,6 +46,10 @@ def load_single_file(path: Path, config_dir: str | None = None, tokenizer_1: str
     te1_config = CLIPTextConfig.from_dict(component_config(config_dir, "text_encoder", "sdxl_text_encoder"))
     te2_config = CLIPTextConfig.from_dict(component_config(config_dir, "text_encoder_2", "sdxl_text_encoder_2"))
 
+    for tok, te_config, key in ((tok1, te1_config, "tokenizer_1"), (tok2, te2_config, "tokenizer_2")):
+        if len(tok) > te_config.vocab_size:
+            raise ConfigError(f"backbone.{key} has {len(tok)} tokens but the text encoder's config ({config_dir or 'SDXL'}) "
+                              f"embeds {te_config.vocab_size}: give the tokenizer that belongs to these weights.")
     unet = build_loaded(lambda: UNet2DConditionModel.from_config(unet_config),
                         adapter.unet_from_original(checkpoint, unet_config), f"UNet in {path}")
     vae = build_loaded(lambda: AutoencoderKL.from_config(vae_config),
@@ -55,6 +62,24 @@ def load_single_file(path: Path, config_dir: str | None = None, tokenizer_1: str
                                            lambda model: adapter.clip_g_from_original(model, checkpoint)),
                           f"OpenCLIP-bigG text encoder in {path}")
     return unet, clip_l, clip_g, tok1, tok2, vae, prediction
+
+
+def build_architecture(config_dir: str | None = None, tokenizer_1: str | None = None, tokenizer_2: str | None = None):
+    """(unet, clip_l, clip_g, tokenizer_1, tokenizer_2, vae) of a single file's architecture, parameters on the
+    meta device and no file read: for rebuilding a trained run whose checkpoint holds every weight."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok1 = tokenizer_folder(tokenizer_1, config_dir, "tokenizer")
+    tok2 = tokenizer_folder(tokenizer_2, config_dir, "tokenizer_2")
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(component_config(config_dir, "unet", "sdxl_unet"))
+        vae = AutoencoderKL.from_config(component_config(config_dir, "vae", "sdxl_vae"))
+        clip_l = CLIPTextModel(CLIPTextConfig.from_dict(component_config(config_dir, "text_encoder", "sdxl_text_encoder")))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(
+            component_config(config_dir, "text_encoder_2", "sdxl_text_encoder_2")))
+    return unet, clip_l, clip_g, tok1, tok2, vae
 
 
 def _text_state_dict(cls, config, state_dict):

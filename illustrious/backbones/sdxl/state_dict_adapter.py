@@ -9,7 +9,7 @@ our exports back through diffusers' `from_single_file` and compare every tensor.
 
 Reusable pieces (LoRA key names need them): `unet_prefix_map(config)` (diffusers module prefix -> original
 module prefix, resnet sub-layer renames applied by `unet_key_to_original`), `vae_key_to_original`,
-`clip_l_key_to_original`, `clip_g_key_to_original`, and the component prefixes below.
+`clip_l_key_to_original`, `clip_g_key_to_original`, `text_model_key`, and the component prefixes below.
 """
 
 from __future__ import annotations
@@ -138,13 +138,13 @@ def vae_from_original(checkpoint: Mapping[str, Tensor], config: Mapping, prefix:
 
 
 # -- text encoders -------------------------------------------------------------------------------------------
-def _text_model_key(key: str) -> str:
+def text_model_key(key: str) -> str:
     """transformers >= 5.6 flattens CLIPTextModel (no `text_model.`); the original keeps the HF names with it."""
     return key if key.startswith(("text_model.", "text_projection")) else "text_model." + key
 
 
 def clip_l_key_to_original(key: str) -> str:
-    return CLIP_L_PREFIX + _text_model_key(key)
+    return CLIP_L_PREFIX + text_model_key(key)
 
 
 def clip_l_to_original(state_dict: Mapping[str, Tensor], max_positions: int) -> dict[str, Tensor]:
@@ -157,7 +157,7 @@ def clip_l_to_original(state_dict: Mapping[str, Tensor], max_positions: int) -> 
 
 def clip_g_key_to_original(key: str) -> str:
     """One CLIPTextModelWithProjection key -> its OpenCLIP name (q/k/v map to the fused `attn.in_proj_*`)."""
-    key = _text_model_key(key)
+    key = text_model_key(key)
     fixed = {"text_model.embeddings.position_embedding.weight": "positional_embedding",
              "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
              "text_model.final_layer_norm.weight": "ln_final.weight", "text_model.final_layer_norm.bias": "ln_final.bias",
@@ -173,7 +173,7 @@ def clip_g_key_to_original(key: str) -> str:
 
 
 def clip_g_to_original(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    sd = {_text_model_key(k): v for k, v in state_dict.items() if not k.endswith("position_ids")}
+    sd = {text_model_key(k): v for k, v in state_dict.items() if not k.endswith("position_ids")}
     out: dict[str, Tensor] = {}
     fused: dict[str, dict[str, Tensor]] = {}
     for key, value in sd.items():

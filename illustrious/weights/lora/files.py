@@ -48,11 +48,11 @@ def _lokr_full(f: dict) -> bool:
 
 # -- SDXL, kohya layout -----------------------------------------------------------------------------------
 def _kohya_names(backbone):
-    lpb = backbone.denoiser.config.layers_per_block
-    if not isinstance(lpb, int):
+    config = backbone.denoiser.config
+    if not isinstance(config.layers_per_block, int):
         raise ConfigError("The kohya LoRA layout needs the same layers_per_block on every UNet level.")
     for group, path, layer in adapted_layers(backbone):
-        yield sdxl_keys.layer_name(group, path, lpb), layer
+        yield sdxl_keys.layer_name(group, path, config), layer
 
 
 def _kohya_save(backbone) -> dict[str, torch.Tensor]:

@@ -8,33 +8,25 @@ scale alpha / rank is therefore folded into `lora_B`.
 
 q, k and v adapters (A_q, B_q), ... become one adapter on qkv with A = [A_q; A_k; A_v] and
 B = blockdiag(B_q, B_k, B_v), rank 3r: B A = blockdiag(B_q A_q, B_k A_k, B_v A_v) exactly.
-(The full-checkpoint key map lives in backbones/lumina/state_dict_adapter.py; this is the LoRA-target subset.)
+The names are derived from the full-checkpoint key map (backbones/lumina/state_dict_adapter.py), restricted
+to the blocks' linears (attention, feed-forward, adaLN), the part diffusers' Lumina-2 LoRA converter is tested on.
 """
 
 from __future__ import annotations
 
-import re
-
+from illustrious.backbones.lumina.state_dict_adapter import BLOCKS, QKV, transformer_key_to_original
 from illustrious.errors import ConfigError
 
 PREFIX = "diffusion_model."
-QKV = ("to_q", "to_k", "to_v")
-RENAMES = (  # diffusers -> original Lumina, inside a block
-    (r"attn\.to_out\.0", "attention.out"),
-    (r"attn\.(to_q|to_k|to_v)", "attention.qkv"),
-    (r"feed_forward\.linear_(\d)", r"feed_forward.w\1"),
-    (r"norm1\.linear", "adaLN_modulation.1"),
-)
-BLOCK = r"((?:layers|noise_refiner|context_refiner)\.\d+)\.(.+)"
 
 
 def native_path(path: str) -> str:
-    """diffusers Lumina2Transformer2DModel module path -> original Lumina module path."""
-    m = re.fullmatch(BLOCK, path)
-    if m:
-        for pattern, repl in RENAMES:
-            if re.fullmatch(pattern, m.group(2)):
-                return f"{m.group(1)}.{re.sub(pattern, repl, m.group(2))}"
+    """diffusers Lumina2Transformer2DModel module path -> original Lumina module path (q/k/v -> attention.qkv)."""
+    if path.startswith(BLOCKS):
+        try:
+            return transformer_key_to_original(path + ".weight").removesuffix(".weight")
+        except KeyError:
+            pass
     raise ConfigError(f"LoRA on Lumina module {path!r} has no ComfyUI name here: the ComfyUI format covers the "
                       "attention, feed-forward and adaLN linears of the blocks; save it in the diffusers format instead.")
 
