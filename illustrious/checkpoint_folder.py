@@ -1,6 +1,10 @@
 """A run's checkpoint folder: `step-XXXXXXXX.safetensors` snapshots, the newest `keep_last` of them kept, and
 `last.safetensors`, always a name for the newest (a hard link, or a copy where links are impossible).
 
+Sharded strategies (FSDP2 with `save_distributed_checkpoint`) save each snapshot as a folder of the same name
+(illustrious.sharded_checkpoint: every rank's shards and a manifest sealing it); `last.safetensors` is then a
+relative symbolic link to the newest folder (so a copied run folder still points into itself).
+
 Saving and resuming agree on this one folder whatever `ckpt_path` said and wherever the run folder was
 copied: nothing in a checkpoint records where it lives. Resuming picks the newest *complete* checkpoint:
 each candidate, newest step first, is read and verified (header and length, checksum of the tensor bytes,
@@ -17,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from illustrious import sharded_checkpoint
 from illustrious.checkpoint_io import load_checkpoint_file, read_header
 from illustrious.utils.files import fsync_file, fsync_folder, temporary_name
 
@@ -55,6 +60,11 @@ class CheckpointFolder:
     def point_last_at(self, snapshot: Path) -> None:
         """Make `last.safetensors` name `snapshot`, atomically (a reader sees the old or the new, never neither)."""
         tmp = temporary_name(self.last)
+        if snapshot.is_dir():  # a sharded folder: folders cannot be hard-linked
+            os.symlink(snapshot.name, tmp)
+            os.replace(tmp, self.last)
+            fsync_folder(self.dir)
+            return
         try:
             os.link(snapshot, tmp)
         except OSError:  # file systems without hard links: a copy, flushed before it takes the name
@@ -66,28 +76,34 @@ class CheckpointFolder:
     def prune(self, keep_last: int) -> None:
         """Delete all but the newest `keep_last` step files (`last` keeps its own link to the newest)."""
         for _, path in self.snapshots()[:-keep_last] if keep_last > 0 else []:
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     # -- choosing where to resume -------------------------------------------------------------------------
     def candidates(self) -> list[Path]:
         """Checkpoint files, newest step first, `last` first among equals (it usually names the same file
         as the newest step file: a good one is read once, a bad one is set aside under both names)."""
-        paths = ([self.last] if self.last.is_file() else []) + [p for _, p in reversed(self.snapshots())]
+        paths = ([self.last] if self.last.exists() else []) + [p for _, p in reversed(self.snapshots())]
         ranked = [(self._step_of(p), p != self.last, p) for p in paths]
         return [p for _, _, p in sorted(ranked, key=lambda r: (-r[0], r[1]))]
 
     def _step_of(self, path: Path) -> int:
         try:
+            if path.is_dir():
+                return int(sharded_checkpoint.read_manifest(path)["global_step"])
             return int((read_header(path).get("__metadata__") or {}).get("global_step", -1))
         except Exception:
             m = STEP_PATTERN.match(path.name)
             return int(m.group(1)) if m else -1  # unreadable: verification below reports it
 
-    def newest_complete(self, allow_pickle: bool = False) -> tuple[Path, dict] | None:
-        """The newest checkpoint that verifies, loaded; bad ones are reported and set aside as `.bad`."""
+    def newest_complete(self, allow_pickle: bool = False) -> tuple[Path, dict | None] | None:
+        """The newest checkpoint that verifies, loaded (a sharded folder: verified, its manifest in place of
+        the contents, which only the sharded strategy can load); bad ones are reported and set aside as `.bad`."""
         for path in self.candidates():
             try:
-                return path, load_checkpoint_file(path, allow_pickle=allow_pickle)
+                return path, read_verified(path, allow_pickle)
             except Exception as e:  # truncated, corrupted, non-finite, unreadable
                 self.reject(path, f"{type(e).__name__}: {e}")
         return None
@@ -105,8 +121,16 @@ class CheckpointFolder:
         log.error("Skipping checkpoint %s (%s); %s. Trying an older one.", path, reason, where)
 
 
+def read_verified(path: Path, allow_pickle: bool = False) -> dict | None:
+    """A checkpoint file read and verified, or None for a verified sharded folder (loaded later by the strategy)."""
+    if path.is_dir():
+        sharded_checkpoint.verify(path)
+        return None
+    return load_checkpoint_file(path, allow_pickle=allow_pickle)
+
+
 def resume_checkpoint(dirpath: str | Path, ckpt_path: str | None = None, resume: bool = True,
-                      allow_pickle: bool = False) -> tuple[Path, dict] | None:
+                      allow_pickle: bool = False) -> tuple[Path, dict | None] | None:
     """Where a run continues from, read and verified: the newest complete checkpoint of its own folder
     (with `resume`), else the explicit `ckpt_path`, else None (a fresh start).
 
@@ -134,5 +158,5 @@ def resume_checkpoint(dirpath: str | Path, ckpt_path: str | None = None, resume:
     if ckpt_path:
         path = Path(ckpt_path).expanduser()
         log.info("Starting from ckpt_path=%s", path)
-        return path, load_checkpoint_file(path, allow_pickle=allow_pickle)
+        return path, read_verified(path, allow_pickle)
     return None

@@ -7,10 +7,13 @@ looks at `received()` after every step, saves, requeues under SLURM when the sig
 it: 143 for SIGTERM, 138 for SIGUSR1) the command line exits with. A scheduler therefore never records a
 preempted run as a success, and the next start resumes from the checkpoint written on the way out.
 
-The handlers are installed before Lightning installs its own, so that Lightning does not add its SLURM
-SIGUSR1 handler (which would write a separate `hpc_ckpt_N.ckpt`), and installed again once training starts
-(`reinstall`), replacing Lightning's SIGTERM handler: that one makes the loop raise SystemExit with status 0
-at the end of the step, before our checkpoint.
+One handler, ours: under SLURM `train()` gives Lightning a `SLURMEnvironment(auto_requeue=False)`, so Lightning
+never installs its SIGUSR1 handler (which would write a separate `hpc_ckpt_N.ckpt` and resume from it first);
+after our checkpoint, global rank 0 runs `scontrol requeue` (RunCheckpoint, `callbacks.checkpoint.requeue`).
+SLURM's warning signal is SIGUSR2 everywhere (`scripts/sbatch_train.sh`: `--signal=USR2@90`;
+`hydra/launcher=slurm`: submitit's fixed USR2); SIGUSR1 is handled the same way for other scripts.
+Our handlers are installed again once training starts (`reinstall`), replacing Lightning's SIGTERM handler:
+that one makes the loop raise SystemExit with status 0 at the end of the step, before our checkpoint.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
-# SIGTERM: schedulers' "stop now" (SLURM's scancel and time limit, Kubernetes, systemd). SIGUSR1/SIGUSR2: the
-# signal SLURM sends ahead of the time limit with `#SBATCH --signal=USR1@90`, asking for a requeue.
+# SIGTERM: schedulers' "stop now" (SLURM's scancel and time limit, Kubernetes, systemd). SIGUSR2 (or SIGUSR1): the
+# signal SLURM sends ahead of the time limit with `#SBATCH --signal=USR2@90`, asking for a requeue.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 

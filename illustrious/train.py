@@ -27,6 +27,7 @@ def build_trainer(cfg: DictConfig):
     callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     plugins = [SafetensorsCheckpointIO(allow_pickle=cfg.allow_pickle)]
+    plugins += slurm_environment()
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     settings.update(validation_schedule(cfg.get("validation"), settings.get("accumulate_grad_batches") or 1))
     if isinstance(settings.get("strategy"), dict):  # trainer=ddp/fsdp/fsdp2/deepspeed_*: a configured strategy
@@ -42,6 +43,16 @@ def validation_schedule(validation, accumulate: int = 1) -> dict:
     batches = validation.get("batches")
     return {"val_check_interval": int(validation.every_n_steps) * accumulate, "check_val_every_n_epoch": None,
             "limit_val_batches": 1.0 if batches is None else int(batches)}
+
+
+def slurm_environment() -> list:
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue: Lightning's SIGUSR1 handler would write
+    its own `hpc_ckpt_N.ckpt` beside our checkpoints (and resume from it first). Our handler
+    (illustrious.preemption) saves the run's verified checkpoint on SIGUSR1/SIGUSR2/SIGTERM and RunCheckpoint
+    requeues the job with `scontrol requeue`."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def build_module(cfg: DictConfig, backbone=None):
@@ -90,6 +101,18 @@ def save_lora_files(backbone, output_dir) -> None:
         log.info("LoRA (%s) written to %s", fmt, save_lora(backbone, export_paths(output_dir)[fmt], fmt))
 
 
+def check_sharded_resume(strategy, folder: Path) -> None:
+    from illustrious.strategies import FSDP2Strategy
+
+    if not isinstance(strategy, FSDP2Strategy):
+        from illustrious.errors import ConfigError
+
+        raise ConfigError(
+            f"{folder} is a sharded checkpoint (a folder written by trainer=fsdp2); resume it with trainer=fsdp2 (any "
+            "number of processes), or write one file first: python -m illustrious.consolidate "
+            f"{folder} <file.safetensors> --allow-pickle, then ckpt_path=<file.safetensors> resume=false.")
+
+
 def resume_path(cfg: DictConfig) -> str | None:
     """The run's newest complete checkpoint when `resume` is on, else an explicit `ckpt_path`, else None."""
     found = resume_checkpoint(cfg)
@@ -117,9 +140,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     check_objective(getattr(backbone, "pretrained_prediction", None), module.objective,
                     getattr(backbone, "check_prediction_type", True))
     ckpt_path = None
-    if resume is not None:  # handed to the checkpoint plugin, so the trainer does not read the file again
+    if resume is not None:
         ckpt_path = str(resume[0])
-        trainer.strategy.checkpoint_io.preload(*resume)
+        if resume[1] is not None:  # handed to the checkpoint plugin, so the trainer does not read the file again
+            trainer.strategy.checkpoint_io.preload(*resume)
+        else:  # a verified sharded folder: only the sharded strategy reads it (without running pickled code)
+            check_sharded_resume(trainer.strategy, resume[0])
         resume = None
     from illustrious import preemption
 

@@ -7,15 +7,18 @@
 #
 # srun starts one task per device (ntasks-per-node = GPUs per node); Lightning's SLURMEnvironment reads the
 # ranks and the master address from SLURM, and trainer.devices/num_nodes are set from the allocation here.
-# 90 seconds before the time limit (or on preemption) SLURM sends USR1: Lightning saves a checkpoint and
-# requeues the job (--requeue); the requeued job keeps its id, so it writes to the same RUN_DIR and resumes there.
+# 90 seconds before the time limit SLURM sends USR2 to every task (the signal submitit's hydra/launcher=slurm
+# uses too): the run saves its checkpoint at the end of the step, rank 0 runs `scontrol requeue`, and the tasks
+# exit with 140 (128 + SIGUSR2). Lightning's own SLURM auto-requeue is off (it would write hpc_ckpt_N.ckpt files
+# our loader does not read). The requeued job keeps its id, so it writes to the same RUN_DIR and resumes there
+# from the newest complete checkpoint. A preemption (SIGTERM) saves the same way and exits 143.
 #SBATCH --job-name=illustrious
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=1
 #SBATCH --cpus-per-task=8
 #SBATCH --time=24:00:00
-#SBATCH --signal=USR1@90
+#SBATCH --signal=USR2@90
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out

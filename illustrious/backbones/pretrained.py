@@ -63,6 +63,7 @@ def build_loaded(make: Callable[[], nn.Module], state_dict: Mapping[str, torch.T
     float32 whatever the file stored; buffers the model computes itself stay as built."""
     from accelerate import init_empty_weights
 
+    refuse_nonfinite(state_dict, f"The weights for the {what}")
     with init_empty_weights(include_buffers=False):
         model = make()
     result = model.load_state_dict(dict(state_dict), strict=False, assign=True)
@@ -72,3 +73,19 @@ def build_loaded(make: Callable[[], nn.Module], state_dict: Mapping[str, torch.T
                           f"{result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}. "
                           "Check backbone.config (the architecture) against the file.")
     return model.float()
+
+
+def refuse_nonfinite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Weights holding NaN/Inf are refused, naming the file (in `source`) and the tensor."""
+    from illustrious.checkpoint_io import NonFiniteError, find_nonfinite
+
+    bad = find_nonfinite(dict(tensors), "")
+    if bad:
+        raise NonFiniteError(f"{source}: tensor {bad.lstrip('.')} holds NaN or Inf values; refusing to load it (a damaged "
+                             "file, or one saved from a diverged run). Use another copy of the weights.")
+
+
+def refuse_nonfinite_parts(parts: Mapping[str, nn.Module], root: Path) -> None:
+    """The same for models loaded from a diffusers folder (one check per subfolder)."""
+    for subfolder, model in parts.items():
+        refuse_nonfinite(model.state_dict(), f"{Path(root) / subfolder}")

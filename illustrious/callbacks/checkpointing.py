@@ -24,6 +24,16 @@ from illustrious.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def first_nonfinite(state_dict: dict) -> str | None:
+    """The name of the first floating tensor holding NaN/Inf; sharded (DTensor) weights are checked on
+    this rank's shard only (no collective per tensor)."""
+    for name, value in state_dict.items():
+        local = value.to_local() if hasattr(value, "to_local") else value
+        if local.is_floating_point() and local.numel() and not bool(torch.isfinite(local).all()):
+            return name
+    return None
+
+
 class RunCheckpoint(Checkpoint):
     def __init__(self, dirpath: str, every_n_train_steps: int = 200, keep_last: int = 2, requeue: bool = True):
         if every_n_train_steps < 0:
@@ -69,15 +79,18 @@ class RunCheckpoint(Checkpoint):
     # -- how ------------------------------------------------------------------------------------------------
     def save(self, trainer, pl_module) -> Path:
         step = trainer.global_step
-        # every rank checks its own copy (all agree under DDP), before the collective save starts
-        for name, value in pl_module.state_dict().items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise NonFiniteError(
-                    f"Step {step}: weight {name} holds NaN or Inf values; not saving a checkpoint over the last good "
-                    f"one ({self.last_saved or 'none written in this run'}). Lower the learning rate or enable "
-                    "callbacks.nonfinite.policy=skip, and resume.")
+        # every rank checks its own weights (its shards under FSDP2), and all stop together, before the
+        # collective save starts
+        bad = first_nonfinite(pl_module.state_dict())
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
+            bad = bad or "on another rank"
+        if bad is not None:
+            raise NonFiniteError(
+                f"Step {step}: weight {bad} holds NaN or Inf values; not saving a checkpoint over the last good "
+                f"one ({self.last_saved or 'none written in this run'}). Lower the learning rate or enable "
+                "callbacks.nonfinite.policy=skip, and resume.")
         path = self.folder.step_path(step)
-        trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(path)  # every rank takes part: rank 0 writes a file, or each rank its shards
         if trainer.is_global_zero:
             self.folder.point_last_at(path)
             self.folder.prune(self.keep_last)
@@ -88,13 +101,14 @@ class RunCheckpoint(Checkpoint):
 
     def last_good(self) -> Path | None:
         """The newest checkpoint of this run's folder (written by this process or an earlier one)."""
-        return self.last_saved or (self.folder.last if self.folder.last.is_file() else None)
+        return self.last_saved or (self.folder.last if self.folder.last.exists() else None)
 
     def _stop(self, trainer, signum: int) -> None:
         requeued = False
         env = trainer._accelerator_connector.cluster_environment
+        # Lightning's own auto-requeue is off (train.slurm_environment): this is the one place a job requeues
         if (self.requeue and signum in preemption.REQUEUE_SIGNALS and isinstance(env, SLURMEnvironment)
-                and env.auto_requeue and trainer.is_global_zero):
+                and trainer.is_global_zero):
             requeued = preemption.requeue_slurm_job()
         raise preemption.TrainingInterrupted(signum, str(self.last_saved) if self.last_saved else None, requeued)
 

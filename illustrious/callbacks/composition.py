@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from illustrious.callbacks.samples import image_size, sample_images
+from illustrious.callbacks.samples import generates_on_every_rank, image_size, sample_images
 from illustrious.eval.composition import chance_scores, judge, summarize
 from illustrious.sampling.grid import image_grid
 
@@ -38,12 +38,16 @@ class CompositionEval(L.Callback):
         self.results: dict | None = None
 
     def on_train_end(self, trainer, module) -> None:
-        if not trainer.is_global_zero or not hasattr(trainer.datamodule, "eval_layouts"):
+        if not (trainer.is_global_zero or generates_on_every_rank(trainer)):
+            return
+        if not hasattr(trainer.datamodule, "eval_layouts"):
             return
         layouts = trainer.datamodule.eval_layouts(self.num_samples)
         prompts = [layout.sentence() for layout in layouts]
         h, w = image_size(trainer, None, None)
         images = sample_images(trainer, module, prompts, h, w, seed=self.seed)
+        if not trainer.is_global_zero:
+            return  # took part in the sharded forward passes; rank 0 judges and writes
         figures, chance = summarize(judge(images, layouts)), chance_scores(images, layouts)
         self.results = {**{METRICS[k]: v for k, v in figures.items()}, **{CHANCE[k]: chance[k] for k in CHANCE}}
         out = Path(trainer.default_root_dir)

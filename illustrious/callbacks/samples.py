@@ -38,6 +38,15 @@ def sample_raw_and_ema(trainer: L.Trainer, module, prompts: list[str], height: i
     return images
 
 
+def generates_on_every_rank(trainer: L.Trainer) -> bool:
+    """Whether sampling must run on every rank: with sharded weights (FSDP, FSDP2, DeepSpeed) each forward gathers
+    parameters from all ranks, so all of them generate the same images (rank 0 alone would wait forever)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    return trainer.world_size > 1 and isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy,
+                                                                    DeepSpeedStrategy))
+
+
 def image_size(trainer: L.Trainer, height: int | None, width: int | None) -> tuple[int, int]:
     dm_size = getattr(trainer.datamodule, "image_size", None)
     if height and width:
@@ -64,7 +73,7 @@ class SampleGrid(L.Callback):
         raise ValueError("Set callbacks.samples.prompts: the data module offers no sample prompts.")
 
     def _write(self, trainer, module, name: str, final: bool = False) -> None:
-        if not trainer.is_global_zero:
+        if not (trainer.is_global_zero or generates_on_every_rank(trainer)):
             return
         prompts = self._prompts(trainer)
         h, w = image_size(trainer, self.height, self.width)
@@ -72,6 +81,8 @@ class SampleGrid(L.Callback):
             variants = {"ema" if has_average(trainer) else "raw": sample_images(trainer, module, prompts, h, w, seed=self.seed)}
         else:
             variants = sample_raw_and_ema(trainer, module, prompts, h, w, seed=self.seed)
+        if not trainer.is_global_zero:
+            return  # took part in the sharded forward passes; rank 0 writes
         out = Path(trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
         self.last_path = out / f"{name}.png"

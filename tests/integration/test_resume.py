@@ -26,6 +26,9 @@ COMMON = [o for o in FAST if not o.startswith(("trainer.max_steps", "data.length
 SOURCES = {
     "shapes": ["data.length=40"],  # 10 batches an epoch: the run crosses an epoch boundary
     "folder": ["data=folder", *SMALL_OVERRIDES],
+    # two loader workers, each streaming its own shards; 5 batches an epoch: the run crosses epoch boundaries
+    "webdataset": ["data=webdataset", *[o for o in SMALL_OVERRIDES if not o.startswith("data.num_workers")],
+                   "data.num_workers=2", "data.batches_per_epoch=5", "data.shuffle_buffer=4"],
 }
 
 
@@ -66,6 +69,11 @@ def test_killed_and_resumed_runs_match_an_uninterrupted_one(tmp_path, source):
     if source == "folder":
         make_image_folder(tmp_path / "data", n_good=12)
         args.append(f"data.root={tmp_path / 'data'}")
+    if source == "webdataset":
+        from tests.unit.test_data_webdataset import shards
+
+        shards(tmp_path, shard_size=3)
+        args.append(f"data.urls={tmp_path / 'shards'}")
     straight = tmp_path / "straight"
     finish(args, straight)
     reference = read_steps(straight / "steps.jsonl")

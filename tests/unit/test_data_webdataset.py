@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import tarfile
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from illustrious.data.loading.batching import SKIPPED_KEY
 from illustrious.data.sources.folder_datamodule import FolderDataModule
 from illustrious.data.sources.webdataset_datamodule import WebDataModule
-from illustrious.data.sources.webdataset_stream import BucketBatcher, stream
+from illustrious.data.sources.webdataset_stream import BucketBatcher, ShardStream
 from illustrious.data.storage.shard_writer import write_shards
 from illustrious.errors import ConfigError
 from tests.unit.test_data_folder import SMALL, make_image_folder
@@ -90,8 +91,9 @@ def test_stream_yields_one_bucket_batches_in_the_common_format_and_reports_failu
 def one_pass(tmp_path, rank: int, world: int) -> set[str]:
     dm = web(tmp_path)
     batcher = BucketBatcher(dm.bucket_set(), dm.settings, 2, dm.loader_collate(), require_caption=True)
-    pipeline = stream(dm.urls, batcher, rank=rank, world_size=world, batches_per_worker=1, shuffle_buffer=10)
-    return {p for batch in pipeline.iterator1() for p in batch["path"]}
+    one = ShardStream(dm.urls, batcher, rank=rank, world_size=world, batches_per_worker=1, shuffle_buffer=10)
+    samples = one.shuffled(one.read(one.shards_of(epoch=0, worker=0, workers=1, pass_=0)), random.Random(0))
+    return {p for batch in batcher(samples) for p in batch["path"]}
 
 
 def test_ranks_read_disjoint_shards(tmp_path):

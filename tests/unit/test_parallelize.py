@@ -148,7 +148,7 @@ def test_cpu_presets_build_a_trainer(preset, make_config):
 def test_fsdp_presets_configure_lightnings_strategies(make_config):
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from illustrious.strategies import FullyShardStrategy
+    from illustrious.strategies import FSDP2Strategy
 
     cfg = make_config("trainer=fsdp", "trainer.strategy.sharding_strategy=SHARD_GRAD_OP")
     strategy = instantiate(cfg.trainer.strategy, _convert_="all")
@@ -160,7 +160,7 @@ def test_fsdp_presets_configure_lightnings_strategies(make_config):
     with pytest.raises(ConfigError, match="device_mesh"):
         instantiate(make_config("trainer=fsdp", "trainer.strategy.sharding_strategy=HYBRID_SHARD").trainer.strategy)
     strategy = instantiate(make_config("trainer=fsdp2").trainer.strategy)
-    assert isinstance(strategy, FullyShardStrategy) and strategy.fsdp2_options["activation_checkpointing"] is True
+    assert isinstance(strategy, FSDP2Strategy) and strategy.fsdp2_options["activation_checkpointing"] is True
 
 
 @pytest.mark.parametrize("preset", ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_offload"])

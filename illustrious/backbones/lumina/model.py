@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
-from illustrious.backbones.pretrained import locate_weights
+from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_parts
 from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     LUMINA_SYSTEM_PROMPT,
@@ -87,6 +87,7 @@ class LuminaBackbone(Backbone):
             gemma = Gemma2Model.from_pretrained(root / "text_encoder", local_files_only=True)
             tok = load_tokenizer(str(root / "tokenizer"))
             vae = AutoencoderKL.from_pretrained(root / "vae", local_files_only=True)
+            refuse_nonfinite_parts({"transformer": transformer, "text_encoder": gemma, "vae": vae}, root)
         encoder = GemmaPromptEncoder(tok, gemma, system_prompt, max_sequence_length)
         backbone = cls(transformer, encoder, LatentAutoencoder(vae))
         # Lumina-2 is a rectified-flow model (it predicts x0 - noise at reversed time; forward() flips both)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
-from illustrious.backbones.pretrained import locate_weights
+from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_parts
 from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     CLIPPromptEncoder,
@@ -131,6 +131,7 @@ class SDXLBackbone(Backbone):
         te2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", local_files_only=True)
         tok1, tok2 = load_tokenizer(str(root / "tokenizer")), load_tokenizer(str(root / "tokenizer_2"))
         vae = LatentAutoencoder.from_pretrained(str(root / "vae"), subfolder=None)
+        refuse_nonfinite_parts({"unet": unet, "text_encoder": te1, "text_encoder_2": te2, "vae": vae}, root)
         return cls(unet, CLIPPromptEncoder(tok1, te1, max_chunks), CLIPPromptEncoder(tok2, te2, max_chunks), vae,
                    mask_padding)
 

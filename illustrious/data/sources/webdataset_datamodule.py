@@ -4,7 +4,10 @@ Shards are split across ranks (rank and world size from the trainer) and DataLoa
 `resampled=true`, drawn at random by each of them; samples are bucketed per sample with a buffer (see
 sources/webdataset_stream.py) into the same batch format as `data=folder`. Every rank yields the same number of
 batches per epoch (from `index.json`'s sample count, or `batches_per_epoch`), so DDP never waits on a
-rank that ran dry. A streamed epoch resumes from its start, not from the exact batch.
+rank that ran dry. A checkpoint records the stream's position (epoch and batches done on each rank), and a
+resumed run continues at the exact batch with the same captions (sources/webdataset_stream.py), provided the
+shards, seed, batch size, world size and number of loader workers are unchanged; otherwise the epoch restarts
+from its first batch (with a warning).
 
 Validation reads held-out shards, named (`val_urls`, taken out of the training list if they are in it) or
 the last `val_shards` of the list, in order, without shuffling; rank r takes batches r, r + world, ...
@@ -15,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from functools import partial
+import warnings
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -27,7 +31,13 @@ from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.labels import caption_variants
 from illustrious.data.index.sidecars import TAG_CATEGORIES
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
-from illustrious.data.sources.webdataset_stream import BucketBatcher, per_worker, split_by_rank, stream
+from illustrious.data.sources.webdataset_stream import (
+    POSITION_KEY,
+    SHARD_KEY,
+    BucketBatcher,
+    ShardStream,
+    per_worker,
+)
 from illustrious.data.storage.shard_writer import INDEX
 from illustrious.errors import ConfigError
 
@@ -35,25 +45,22 @@ log = logging.getLogger(__name__)
 REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://")
 
 
-class EpochStream(IterableDataset):
-    """The pipeline with a length (batches per rank and epoch), for Lightning's progress and epoch end."""
-
-    def __init__(self, pipeline, length: int):
-        self.pipeline, self.length = pipeline, length
-
-    def __iter__(self):
-        return iter(self.pipeline)
-
-    def __len__(self) -> int:
-        return self.length
-
-
 class HeldOutStream(IterableDataset):
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
+    """The held-out shards in order, each sample keyed by (shard, position) so its caption is the same on every
+    pass; batched by `batcher`, and this rank's batches r, r + world, ..."""
+
+    def __init__(self, urls: list[str], batcher: BucketBatcher, rank: int, world_size: int):
+        self.urls, self.batcher, self.rank, self.world_size = urls, batcher, rank, world_size
+
+    def samples(self):
+        for shard, url in enumerate(self.urls):
+            read = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": url}]))
+            for position, raw in enumerate(read):
+                raw[SHARD_KEY], raw[POSITION_KEY] = shard, position
+                yield raw
 
     def __iter__(self):
-        return iter(self.pipeline)
+        return islice(self.batcher(self.samples()), self.rank, None, self.world_size)
 
 
 def expand(spec: str | list[str]) -> list[str]:
@@ -86,6 +93,8 @@ class WebDataModule(BucketedDataModule):
         self.require_caption, self.txt_style, self.drop_last = require_caption, txt_style, drop_last
         self.urls: list[str] = []
         self.total_samples: int | None = None
+        self.stream: ShardStream | None = None
+        self._resume_state: dict | None = None
 
     # -- before any model is built --------------------------------------------------------------------------
     def check(self) -> None:
@@ -157,11 +166,13 @@ class WebDataModule(BucketedDataModule):
         self.check_workers(world)
         batcher = BucketBatcher(self.bucket_set(), self.settings, self.batch_size, self.loader_collate(), self.bucket_buffer,
                                 self.require_caption, self.txt_style, self.drop_last)
-        workers = max(1, self.num_workers)
         each = per_worker(self.batches_per_rank(), self.num_workers)
-        pipeline = stream(self.urls, batcher, rank=rank, world_size=world, batches_per_worker=each,
-                          shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
-        return DataLoader(EpochStream(pipeline, each * workers), batch_size=None, num_workers=self.num_workers,
+        self.stream = ShardStream(self.urls, batcher, rank=rank, world_size=world, batches_per_worker=each,
+                                  num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer,
+                                  resampled=self.resampled, seed=self.seed)
+        if self._resume_state:
+            self.resume(self._resume_state)
+        return DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | list:
@@ -171,9 +182,44 @@ class WebDataModule(BucketedDataModule):
         rank, world = self.rank_and_world()
         batcher = BucketBatcher(self.bucket_set(), self.settings, self.batch_size, self.loader_collate(),
                                 self.bucket_buffer, self.require_caption, self.txt_style, drop_last=False)
-        pipeline = wds.DataPipeline(wds.SimpleShardList(self.val_urls), wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                                    batcher, partial(split_by_rank, rank=rank, world_size=world))
-        return DataLoader(HeldOutStream(pipeline), batch_size=None, num_workers=0)
+        return DataLoader(HeldOutStream(self.val_urls, batcher, rank, world), batch_size=None, num_workers=0)
+
+    # -- resuming -----------------------------------------------------------------------------------------
+    def layout(self) -> dict:
+        """What the position means: the same values are needed to continue the epoch exactly."""
+        s = self.stream
+        return {"seed": self.seed, "batch_size": self.batch_size, "shards": len(self.urls), "world_size": s.world_size,
+                "workers": s.workers, "batches_per_worker": s.batches_per_worker, "resampled": self.resampled,
+                "shuffle_buffer": self.shuffle_buffer}
+
+    def stream_state(self, epoch: int, batches_done: int) -> dict:
+        """The position after this rank finished `batches_done` batches of `epoch`."""
+        if batches_done >= len(self.stream):
+            epoch, batches_done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": batches_done, **self.layout()}
+
+    def state_dict(self) -> dict:
+        if self.stream is None or self.trainer is None:
+            return dict(self._resume_state or {})
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return self.stream_state(self.trainer.current_epoch, progress)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_state = dict(state) if state else None
+        # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader itself is stateful; the
+        # stream restores its own position
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        if self.stream is not None and self._resume_state:
+            self.resume(self._resume_state)
+
+    def resume(self, state: dict) -> None:
+        epoch, done = int(state.get("epoch", 0)), int(state.get("batches_done", 0))
+        changed = {k: (state.get(k), v) for k, v in self.layout().items() if state.get(k) != v}
+        if changed:
+            log.warning("The stream's layout changed since the checkpoint (%s: checkpoint vs now); epoch %d restarts "
+                        "from its first batch.", ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), epoch)
+            done = 0
+        self.stream.resume_at(epoch, done)
 
     def sample_prompts(self, n: int) -> list[str]:
         """Prompts of the first `n` captioned samples of the first shard."""

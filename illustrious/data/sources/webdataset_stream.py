@@ -1,49 +1,51 @@
-"""Streaming WebDataset shards into bucketed batches: split by rank and worker, shuffled, bucketed per sample.
+"""Streaming WebDataset shards into bucketed batches: split by rank and worker, shuffled, bucketed per sample,
+resumable at any batch.
 
-The pipeline (webdataset's DataPipeline): shard list (or resampled shards) -> this rank's shards -> this
-worker's shards -> shard shuffle -> tar members grouped into samples -> sample shuffle buffer ->
-`BucketBatcher`, which keeps undecoded samples per bucket and decodes a batch when its bucket has
-`batch_size` of them, so every batch is one bucket and the memory held is compressed bytes. When the
-buffer holds too many samples, the fullest bucket is filled up with repeats of its own samples and
-emitted. A sample that fails to decode is skipped and reported in the batch's `skipped`; the batch is
-completed from the same bucket, so no batch is short.
+Per worker and epoch the stream is a pure function of (seed, epoch, rank, worker): the shard order of each pass
+over the shards is shuffled from (seed, epoch, pass) and split by rank, then by DataLoader worker; samples go
+through a shuffle buffer seeded from (seed, epoch, rank, worker, pass); `BucketBatcher` keeps undecoded samples
+per bucket and decodes a batch when its bucket has `batch_size` of them, so every batch is one bucket and the
+memory held is compressed bytes. When the buffer holds too many samples, the fullest bucket is filled up with
+repeats of its own samples and emitted. A sample that fails to decode is skipped and reported in the batch's
+`skipped`; the batch is completed from the same bucket, so no batch is short.
+
+Every sample has a stable key, (shard index, position in the shard), and its caption is drawn from
+`CaptionKey(seed, epoch, key)`: the same on any worker, on any rank and after a resume. A resumed stream
+(`ShardStream.resume_at`) replays each worker's batches of the epoch up to its position without decoding them
+(only tar headers and JSON metadata are read) and continues with the next one.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import random
 from collections.abc import Iterable, Iterator
-from functools import partial
 from itertools import islice
 
 import numpy as np
 import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
 
+from illustrious.data.captions.rng import MASK64, CaptionKey, key_int
 from illustrious.data.images.buckets import BucketSet
 from illustrious.data.images.decode import ImageError, image_extensions, read_header
 from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.labels import caption_variants, has_caption
 from illustrious.data.index.sidecars import TAG_CATEGORIES
-from illustrious.data.loading.batching import Collate, LoadedBatch
+from illustrious.data.loading.batching import CAPTION_KEY, Collate, LoadedBatch
 from illustrious.data.loading.sample import sample_record
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = frozenset(ext.lstrip(".") for ext in image_extensions())
+SHARD_BITS = 32  # a sample's key: shard index << 32 | position in the shard
+SHARD_KEY, POSITION_KEY = "__shard__", "__position__"
 
 
-def split_by_rank(urls: Iterable, rank: int, world_size: int) -> Iterator:
-    """This rank's share of the shards (rank and world size from the trainer, not from the environment)."""
-    return islice(urls, rank, None, world_size)
-
-
-def rank_worker_seed(rank: int) -> int:
-    """A seed distinct per rank and DataLoader worker, for resampling shards."""
-    from torch.utils.data import get_worker_info
-
-    info = get_worker_info()
-    return rank * 1000 + (info.id if info is not None else 0)
+def sample_key(shard: int, position: int) -> int:
+    return (shard << SHARD_BITS) | position
 
 
 class BucketBatcher:
@@ -55,7 +57,9 @@ class BucketBatcher:
         self.buffer = max(buffer, batch_size)
         self.require_caption, self.txt_style, self.drop_last = require_caption, txt_style, drop_last
 
-    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+    def __call__(self, samples: Iterable[dict], epoch: int = 0, skip: int = 0) -> Iterator[dict]:
+        """Batches of `samples` (of `epoch`, for their caption keys); the first `skip` batches are formed but
+        neither decoded nor yielded (a resumed stream's replay)."""
         pending: dict[int, list[tuple[dict, bytes]]] = {}  # bucket -> (metadata, undecoded image)
         held = 0
         skipped: list[tuple[str, str]] = []
@@ -72,13 +76,19 @@ class BucketBatcher:
                     bucket = max(pending, key=lambda b: len(pending[b]))
                 group = pending.pop(bucket)
                 held -= len(group)
-                batch = self.decode(bucket, group, skipped)
+                if skip:  # replaying up to a resume position
+                    skip -= 1
+                    continue
+                batch = self.decode(bucket, group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
         if not self.drop_last:  # end of the stream: what is left, filled up from its own bucket
             for bucket, group in pending.items():
-                batch = self.decode(bucket, group, skipped)
+                if skip:
+                    skip -= 1
+                    continue
+                batch = self.decode(bucket, group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
@@ -113,6 +123,8 @@ class BucketBatcher:
                 skipped.append((path, "caption_undecodable: not UTF-8 text"))
         tags = {c: list((meta.get("tags") or {}).get(c) or []) for c in TAG_CATEGORIES}
         meta.update(path=path, tags=tags)
+        if SHARD_KEY in raw:
+            meta[CAPTION_KEY] = sample_key(raw[SHARD_KEY], raw[POSITION_KEY])
         w, h = int(meta["width"]), int(meta["height"])
         if w * h > self.settings.bomb_pixels:
             skipped.append((path, f"decompression_bomb: {w}x{h} pixels (data.bomb_megapixels)"))
@@ -123,7 +135,7 @@ class BucketBatcher:
             return None
         return meta, data
 
-    def decode(self, bucket: int, group: list, skipped: list) -> dict | None:
+    def decode(self, bucket: int, group: list, skipped: list, epoch: int = 0) -> dict | None:
         bucket_w, bucket_h = self.buckets[bucket]
         samples = []
         for meta, data in group:
@@ -134,10 +146,12 @@ class BucketBatcher:
                 reason = f"{e.reason}: {e.detail}" if isinstance(e, ImageError) else f"unreadable_image: {e}"
                 skipped.append((meta["path"], reason))
                 continue
-            samples.append(sample_record(caption_variants(meta.get("caption"), meta["tags"], self.txt_style), sizes,
-                                         pixels=to_pixels(pixels), path=meta["path"], tags=meta["tags"],
-                                         rating=meta.get("rating"), score=meta.get("score"),
-                                         created=meta.get("created")))
+            record = sample_record(caption_variants(meta.get("caption"), meta["tags"], self.txt_style), sizes,
+                                   pixels=to_pixels(pixels), path=meta["path"], tags=meta["tags"],
+                                   rating=meta.get("rating"), score=meta.get("score"), created=meta.get("created"))
+            if CAPTION_KEY in meta:  # the caption drawn from (seed, epoch, sample key), not from a global RNG
+                record[CAPTION_KEY] = CaptionKey(self.collate.seed, epoch, meta[CAPTION_KEY])
+            samples.append(record)
         if not samples:
             return None  # nothing in this group decodes; the stream goes on
         decoded = len(samples)
@@ -145,20 +159,89 @@ class BucketBatcher:
         return self.collate(LoadedBatch(samples[:self.batch_size], list(skipped)))
 
 
-def stream(urls: list[str], batcher: BucketBatcher, *, rank: int, world_size: int, batches_per_worker: int,
-           shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0) -> wds.DataPipeline:
-    """The per-worker pipeline; every worker yields exactly `batches_per_worker` batches per epoch."""
-    if resampled:  # each rank and worker draws shards at random: no splitting, never runs dry
-        source = [wds.ResampledShards(urls, seed=seed, worker_seed=partial(rank_worker_seed, rank),
-                                      deterministic=True)]
-    else:
-        source = [wds.SimpleShardList(urls), partial(split_by_rank, rank=rank, world_size=world_size),
-                  wds.split_by_worker, wds.detshuffle(bufsize=max(1, len(urls)), initial=1, seed=seed)]
-    stages = [*source, wds.tarfile_to_samples(handler=wds.warn_and_continue)]
-    if shuffle_buffer > 1:
-        stages.append(wds.detshuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank))
-    stages.append(batcher)
-    return wds.DataPipeline(*stages).with_epoch(batches_per_worker)
+class ShardStream(IterableDataset):
+    """One rank's batches: each DataLoader worker yields exactly `batches_per_worker` per epoch (so every rank
+    runs the same number of steps), and the Lightning loop takes them round-robin from the workers."""
+
+    def __init__(self, urls: list[str], batcher: BucketBatcher, *, rank: int, world_size: int,
+                 batches_per_worker: int, num_workers: int = 0, shuffle_buffer: int = 1000, resampled: bool = False,
+                 seed: int = 0):
+        self.urls, self.batcher, self.rank, self.world_size = list(urls), batcher, rank, world_size
+        self.batches_per_worker, self.workers = batches_per_worker, max(1, num_workers)
+        self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
+        self.start_epoch, self.start_batch = 0, 0
+        self._epochs = 0  # epochs begun by this copy (each worker process counts its own)
+
+    def __len__(self) -> int:
+        return self.batches_per_worker * self.workers
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Begin at `epoch` after this rank's first `batches_done` batches of it."""
+        self.start_epoch, self.start_batch, self._epochs = epoch, batches_done, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, done = self.start_epoch + self._epochs, 0
+        if self._epochs == 0 and self.start_batch:
+            # The loader takes batches round-robin starting with its worker 0 in every epoch, and global batch i
+            # comes from stream i % workers: in the resumed epoch worker 0 plays the stream whose turn is next.
+            worker = (worker + self.start_batch) % workers
+            done = self.start_batch // workers + (worker < self.start_batch % workers)  # yielded before the resume
+        self._epochs += 1
+        batches = self.batcher(self.samples(epoch, worker, workers), epoch=epoch, skip=done)
+        return islice(batches, max(0, self.batches_per_worker - done))
+
+    # -- samples ---------------------------------------------------------------------------------------------
+    def _rng(self, epoch: int, *parts: int) -> random.Random:
+        """A generator for (seed, epoch, parts): the same in every process (no Python hash randomisation)."""
+        index = 0
+        for part in parts:
+            index = (index * 1_000_003 + part + 2) & MASK64
+        return random.Random(key_int(CaptionKey(self.seed, epoch, index)))
+
+    def shards_of(self, epoch: int, worker: int, workers: int, pass_: int) -> Iterator[int]:
+        """Shard indices this worker reads in one pass: a seeded shuffle of all shards split by rank, then worker
+        (or, resampled, shards drawn at random for ever)."""
+        if self.resampled:
+            rng = self._rng(epoch, self.rank, worker, pass_)
+            return (rng.randrange(len(self.urls)) for _ in itertools.count())
+        order = list(range(len(self.urls)))
+        self._rng(epoch, -1, pass_).shuffle(order)  # the same on every rank and worker: disjoint splits
+        return iter(order[self.rank::self.world_size][worker::workers])
+
+    def samples(self, epoch: int, worker: int, workers: int) -> Iterator[dict]:
+        """This worker's samples of `epoch`, pass after pass over its shards, through the shuffle buffer; each
+        tagged with its shard index and position (its key)."""
+        for pass_ in itertools.count():
+            produced = False
+            rng = self._rng(epoch, self.rank, worker, pass_, 1)
+            for sample in self.shuffled(self.read(self.shards_of(epoch, worker, workers, pass_)), rng):
+                produced = True
+                yield sample
+            if not produced:  # no shard of this worker holds a sample: the epoch ends short
+                return
+
+    def read(self, shards: Iterable[int]) -> Iterator[dict]:
+        for shard in shards:
+            tar = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": self.urls[shard]}]))
+            for position, raw in enumerate(tar):
+                raw[SHARD_KEY], raw[POSITION_KEY] = shard, position
+                yield raw
+
+    def shuffled(self, samples: Iterable[dict], rng: random.Random) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer: list[dict] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                i = rng.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
 
 
 def per_worker(batches_per_rank: int, num_workers: int) -> int:
