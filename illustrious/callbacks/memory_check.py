@@ -19,7 +19,12 @@ from illustrious.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")  # state split over processes: the per-rank estimate differs
+
+def sharded(strategy) -> bool:
+    """Parameters and optimizer state split over processes: the per-rank estimate would differ."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 
 
 class MemoryCheck(L.Callback):
@@ -33,9 +38,9 @@ class MemoryCheck(L.Callback):
         self.estimate: dict | None = None  # the last check's figures (bytes), for logs and tests
 
     def on_train_start(self, trainer: L.Trainer, module) -> None:
-        strategy = type(trainer.strategy).__name__
-        if any(name in strategy for name in SHARDED):
-            log.info("Memory check skipped under %s (parameters are sharded across processes).", strategy)
+        if sharded(trainer.strategy):
+            log.info("Memory check skipped under %s (parameters are sharded across processes).",
+                     type(trainer.strategy).__name__)
             return
         datamodule = trainer.datamodule
         size = getattr(datamodule, "largest_image_size", None)
