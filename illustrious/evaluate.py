@@ -67,7 +67,7 @@ def stored_run_config(path: str, allow_pickle: bool, config_dirs=None) -> DictCo
         else:
             checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle)
     except CheckpointError as error:  # truncated, corrupted header, not a training checkpoint
-        raise ConfigError(f"checkpoints: {error}") from None
+        raise ConfigError(f"checkpoints: {path} cannot be read: {error}") from None
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"{path}: its structure is malformed.")
     return rebuild_run_config({k: checkpoint[k] for k in (STORED_KEY, LEGACY_KEY) if k in checkpoint}, source=path,

@@ -80,7 +80,7 @@ class MemoryCheck(L.Callback):
             f"{mem.gigabytes(state['gradients'] + state['optimizer'])}"
             + (f", EMA copy {mem.gigabytes(state['ema'])}" if state["ema"] else "")
             + f") but {mem.gigabytes(free)} is free on {device.type}. Change one of: "
-            + (f"data.batch_size (at most {fits} fits), " if fits >= 1 else "")
+            + (f"data.batch_size (at most {fits} fits), " if fits >= 1 else "data.batch_size (not even 1 fits), ")
             + "data.bucket_area (fractions of the backbone's native area"
             + (f", {native}x{native}" if native else "") + ") or data.bucket_megapixels, "
             "gradient_checkpointing=[denoiser], a smaller trainer.precision (bf16-mixed on a GPU). "

@@ -133,8 +133,11 @@ def test_sdxl_single_file_loads_in_diffusers_from_single_file(sdxl_exports):
     cond = module.backbone.encode_text(PROMPTS[:1])
     added = {"text_embeds": cond.pooled, "time_ids": module.backbone.time_ids(x, None)}
     with torch.no_grad():
-        assert torch.equal(unet(x, 500, cond.tokens, added_cond_kwargs=added).sample,
-                           module.backbone.denoiser(x, 500, cond.tokens, added_cond_kwargs=added).sample)
+        # weights are bitwise equal (above); the forward passes agree to float32 rounding (CPU kernels may pick
+        # different vector paths for tensors read from a file and tensors copied into a module: 6e-7 seen)
+        torch.testing.assert_close(unet(x, 500, cond.tokens, added_cond_kwargs=added).sample,
+                                   module.backbone.denoiser(x, 500, cond.tokens, added_cond_kwargs=added).sample,
+                                   rtol=1e-6, atol=2e-6)
 
 
 def test_sdxl_fp16_export_and_no_overwrite(sdxl_vpred, tmp_path):
