@@ -10,6 +10,7 @@ precisions, caption styles), never from a copy here. Checks that relate several 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -119,40 +120,22 @@ def precisions():
     return (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))
 
 
-def crop_modes():
-    from illustrious.data.images.settings import CROP_MODES
+def registry(module: str, name: str) -> Callable[[], tuple]:
+    """The names in one of our own registries (`module.name`, a tuple, set or dict), imported when a check runs.
+    Both strings are written here, never read from a config."""
 
-    return CROP_MODES
+    def names() -> tuple:
+        return tuple(getattr(importlib.import_module(module), name))
 
-
-def txt_styles():
-    from illustrious.data.sources.folder_datamodule import TXT_STYLES
-
-    return TXT_STYLES
+    return names
 
 
-def shard_encodings():
-    from illustrious.data.storage.shard_writer import ENCODINGS
-
-    return tuple(ENCODINGS)
-
-
-def attention_backends():
-    from illustrious.backbones.speed import ATTENTION_BACKENDS
-
-    return ATTENTION_BACKENDS
-
-
-def compile_modes():
-    from illustrious.backbones.speed import COMPILE_MODES
-
-    return COMPILE_MODES
-
-
-def latent_dtypes():
-    from illustrious.cache_latents import DTYPES
-
-    return tuple(DTYPES)
+crop_modes = registry("illustrious.data.images.settings", "CROP_MODES")
+txt_styles = registry("illustrious.data.sources.folder_datamodule", "TXT_STYLES")
+shard_encodings = registry("illustrious.data.storage.shard_writer", "ENCODINGS")
+attention_backends = registry("illustrious.backbones.speed", "ATTENTION_BACKENDS")
+compile_modes = registry("illustrious.backbones.speed", "COMPILE_MODES")
+latent_dtypes = registry("illustrious.cache_latents", "DTYPES")
 
 
 # Settings shared by the commands that read a data folder (run, cache_latents, make_shards).

@@ -26,6 +26,7 @@ in the order diffusers' schedulers draw theirs, so the same generator gives the 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -68,6 +69,15 @@ def _log_snr_half(alpha: Tensor, sigma: Tensor) -> Tensor:
     return torch.log(alpha) - torch.log(sigma)
 
 
+def _multistep_estimate(x0: Tensor, lam: Tensor, h: Tensor, previous: tuple[Tensor, Tensor] | None) -> Tensor:
+    """DPM-Solver++(2M)'s clean estimate D: the current one on the first step, else the midpoint extrapolation
+    D0 + (D0 - D1) / (2 r) with r = (lambda_t - lambda_prev) / h (an infinite r, a step from zero SNR, leaves D0)."""
+    if previous is None:
+        return x0
+    x0_prev, lam_prev = previous
+    return x0 + 0.5 * (x0 - x0_prev) / ((lam - lam_prev) / h)
+
+
 @torch.no_grad()
 def sample_dpmpp_2m(denoise: Denoiser, x: Tensor, times: Tensor, alpha_sigma: AlphaSigma, callback=None) -> Tensor:
     """DPM-Solver++(2M), multistep second order in log-SNR (diffusers' midpoint form).
@@ -86,12 +96,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x: Tensor, times: Tensor, alpha_sigma: Al
         alpha_next, sigma_next = _scales(alpha_sigma, t_next, x)
         lam, lam_next = _log_snr_half(alpha, sigma), _log_snr_half(alpha_next, sigma_next)
         h = lam_next - lam
-        if previous is None:
-            d = x0
-        else:
-            x0_prev, lam_prev = previous
-            r = (lam - lam_prev) / h
-            d = x0 + 0.5 * (x0 - x0_prev) / r  # an infinite r (a step from zero SNR) leaves the first-order term
+        d = _multistep_estimate(x0, lam, h, previous)
         x = (sigma_next / sigma) * x - alpha_next * torch.expm1(-h) * d
         previous = (x0, lam)
     return x
@@ -152,11 +157,7 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x: Tensor, times: Tensor, alpha_sigma
         alpha_next, sigma_next = _scales(alpha_sigma, t_next, x)
         lam, lam_next = _log_snr_half(alpha, sigma), _log_snr_half(alpha_next, sigma_next)
         h = lam_next - lam
-        if previous is None:
-            d = x0
-        else:
-            x0_prev, lam_prev = previous
-            d = x0 + 0.5 * (x0 - x0_prev) / ((lam - lam_prev) / h)
+        d = _multistep_estimate(x0, lam, h, previous)
         decay = -torch.expm1(-2 * h)  # 1 - e^-2h
         x = (sigma_next / sigma) * torch.exp(-h) * x + alpha_next * decay * d \
             + sigma_next * decay.sqrt() * step_noise(x, generator)
@@ -167,4 +168,5 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x: Tensor, times: Tensor, alpha_sigma
 SAMPLERS: dict[str, Callable] = {"euler": sample_euler, "ddim": sample_euler, "dpmpp_2m": sample_dpmpp_2m,
                                  "euler_ancestral": sample_euler_ancestral, "dpmpp_2m_sde": sample_dpmpp_2m_sde}
 # samplers that draw noise while they step: they take `generator=` (the others are deterministic given x)
-STOCHASTIC_SAMPLERS = frozenset({"euler_ancestral", "dpmpp_2m_sde"})
+STOCHASTIC_SAMPLERS = frozenset(name for name, fn in SAMPLERS.items()
+                                if "generator" in inspect.signature(fn).parameters)
