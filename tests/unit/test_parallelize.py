@@ -96,15 +96,12 @@ def test_wrap_and_checkpoint_units(make_config):
 
 
 @pytest.fixture
-def gloo_world_of_one():
-    import os
-
+def gloo_world_of_one(tmp_path):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29561")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # Rendezvous through a file: a MASTER_PORT set here would leak into later tests' two-process runs.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     yield init_device_mesh("cpu", (1,))
     dist.destroy_process_group()
 
