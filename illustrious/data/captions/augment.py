@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 
 ALPHANUMERIC = string.ascii_lowercase + string.digits
 
@@ -48,16 +50,21 @@ def level_keep(n: int, levels: Sequence[DropoutLevel], u: float) -> int:
     return n
 
 
+def draws(rng: random.Random) -> Iterator[float]:
+    """`rng.random()` as an endless iterator, one value per `next` (drawn lazily, in C)."""
+    return map(type(rng).random, repeat(rng))
+
+
 def random_order(n: int, rng: random.Random) -> list[int]:
     """A uniform permutation of range(n), from n floats and one sort (several times faster than
     `random.shuffle`, whose per-element draws run in Python)."""
-    draw = rng.random
-    keys = [draw() for _ in range(n)]
-    return sorted(range(n), key=keys.__getitem__)
+    # sorted() computes the keys in list order, so index i gets the i-th draw; all in C, no Python per element
+    return sorted(range(n), key=partial(next, draws(rng)))
 
 
-def shuffled(words: list[str], rng: random.Random) -> list[str]:
-    return [words[i] for i in random_order(len(words), rng)]
+def shuffled(words: Sequence[str], rng: random.Random) -> list[str]:
+    """`words` in `random_order` (the same draws, the same stable sort)."""
+    return sorted(words, key=partial(next, draws(rng)))
 
 
 def weak_dropout(words: list[str], p: float, rng: random.Random) -> list[str]:
@@ -67,7 +74,7 @@ def weak_dropout(words: list[str], p: float, rng: random.Random) -> list[str]:
 def paraphrase(words: list[str], table: Mapping[str, Sequence[str]], p: float, rng: random.Random) -> list[str]:
     if p <= 0 or not table:
         return words
-    hits = table.keys() & set(words)  # a set intersection in C; the table is small, prompts are long
+    hits = table.keys() & words  # in C: one dict lookup per word, no set of the prompt built
     if not hits:
         return words
     words = words.copy()

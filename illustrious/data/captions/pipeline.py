@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from itertools import chain
+from typing import NamedTuple
 
 from illustrious.data.captions.augment import (
     ILLUSTRIOUS_LEVELS,
@@ -74,6 +76,8 @@ class TagCaptions:
         self.quality_string = quality_string
         self.rating_tags = dict(RATING_TAGS if rating_tags is None else rating_tags)
         self._rng = random.Random()  # reseeded per draw from its key (no allocation per caption)
+        self._steps = tuple(SectionStep(name, self.section_prob.get(name, 1.0), self.weak.get(name, 0.0),
+                                        name in self.shuffle, name in self.droppable) for name in self.order)
         # whether two draws of one sample may differ (text-embedding caches need to know)
         self.augments = bool(self.shuffle or any(lv.p for lv in self.levels) or self.weak or self.paraphrase_prob
                              or self.caption_prob or self.register_prob or self.uncond_prob or self.space_prob
@@ -82,20 +86,20 @@ class TagCaptions:
     # -- one draw ----------------------------------------------------------------------------------------
     def __call__(self, source, key: CaptionKey | random.Random | None = None) -> str:
         rng = draw_rng(key, self._rng)
-        record = structured(source)
+        record = source if type(source) is dict and "sections" in source else structured(source)
+        draw = rng.random
         quality = record["score_tag"] or self.quality_string
-        if self.uncond_prob and rng.random() < self.uncond_prob:
-            return quality if quality and rng.random() < self.uncond_quality_fraction else ""
+        if self.uncond_prob and draw() < self.uncond_prob:
+            return quality if quality and draw() < self.uncond_quality_fraction else ""
         sections = self.sections(record)
-        has_tags = any(sections.values())
         caption = record["caption"]
-        if caption and (not has_tags or (self.caption_prob and rng.random() < self.caption_prob)):
+        if caption and (not any(sections.values()) or (self.caption_prob and draw() < self.caption_prob)):
             text = caption
             if quality and self.keeps("score", rng):
                 text = f"{quality}, {text}"
         else:
             text = self.tag_prompt(sections, rng)
-        if self.register_prob and rng.random() < self.register_prob:
+        if self.register_prob and draw() < self.register_prob:
             text = " ".join([text, *register_tokens(rng, self.register_count, self.register_length)]).strip()
         return text
 
@@ -110,49 +114,64 @@ class TagCaptions:
                 "year": [record["year_tag"]] if record["year_tag"] else [], "control": record["control_tags"]}
 
     def tag_prompt(self, sections: dict[str, list[str]], rng: random.Random) -> str:
-        chosen: list[tuple[str, list[str]]] = []
-        for name in self.order:
+        draw = rng.random
+        parts: list[list[str]] = []  # the kept sections' words, in order
+        pooled: list[tuple[int, bool]] = []  # (position in parts, shuffled) of the droppable sections
+        for name, keep_prob, weak, shuffle, droppable in self._steps:
             words = sections.get(name)
-            if not words or (name in self.section_prob and not self.keeps(name, rng)):
+            if not words or (keep_prob < 1.0 and draw() >= keep_prob):
                 continue
-            if name in self.weak:
-                words = weak_dropout(words, self.weak[name], rng)
-            if name in self.shuffle and len(words) > 1:
+            if weak:
+                words = weak_dropout(words, weak, rng)
+            if shuffle and len(words) > 1:
                 words = shuffled(words, rng)
-            chosen.append((name, words))
+            if droppable:
+                pooled.append((len(parts), shuffle))
+            parts.append(words)
         if self.levels:
-            chosen = self.multi_level_dropout(chosen, rng)
-        words = [w for _, ws in chosen for w in ws]
-        words = paraphrase(words, self.paraphrases, self.paraphrase_prob, rng)
-        sep = " " if self.space_prob and rng.random() < self.space_prob else ", "
+            self.multi_level_dropout(parts, pooled, rng)
+        words = paraphrase(list(chain.from_iterable(parts)), self.paraphrases, self.paraphrase_prob, rng)
+        sep = " " if self.space_prob and draw() < self.space_prob else ", "
         return sep.join(words)
 
-    def multi_level_dropout(self, chosen: list[tuple[str, list[str]]], rng: random.Random) -> list[tuple[str, list[str]]]:
-        """Keep a level's share of the droppable, unprotected tags (pooled over the droppable sections)."""
+    def multi_level_dropout(self, parts: list[list[str]], pooled: list[tuple[int, bool]], rng: random.Random) -> None:
+        """Keep a level's share of the droppable, unprotected tags (pooled over the droppable sections), in place."""
         protected = self.protected
-        # droppable positions per section (all of them when nothing is protected: no per-tag work)
-        slots = {k: (range(len(ws)) if not protected else [j for j, w in enumerate(ws) if w not in protected])
-                 for k, (name, ws) in enumerate(chosen) if name in self.droppable}
-        n = sum(len(js) for js in slots.values())
-        keep = level_keep(n, self.levels, rng.random())
-        if keep >= n:
-            return chosen
-        out = list(chosen)
-        if len(slots) == 1 and not protected:
-            (k,) = slots
-            name, ws = chosen[k]
-            if name in self.shuffle:  # already in uniform random order: its first `keep` are a uniform subset
-                out[k] = (name, ws[:keep])
-                return out
+        if len(pooled) == 1 and not protected:  # the usual case: one droppable section, nothing protected
+            (k, is_shuffled), = pooled
+            n = len(parts[k])
+            keep = level_keep(n, self.levels, rng.random())
+            if keep >= n:
+                return
+            if is_shuffled:  # already in uniform random order: its first `keep` are a uniform subset
+                parts[k] = parts[k][:keep]
+                return
+            slots = {k: range(n)}
+        else:
+            # droppable positions per section (all of them when nothing is protected: no per-tag work)
+            slots = {k: (range(len(parts[k])) if not protected else [j for j, w in enumerate(parts[k]) if w not in protected])
+                     for k, _ in pooled}
+            n = sum(len(js) for js in slots.values())
+            keep = level_keep(n, self.levels, rng.random())
+            if keep >= n:
+                return
         drop = set(random_order(n, rng)[keep:])  # flat positions over the sections' slots, in order
         offset = 0
         for k, js in slots.items():
             gone = {js[i - offset] for i in range(offset, offset + len(js)) if i in drop}
             if gone:
-                name, ws = chosen[k]
-                out[k] = (name, [w for j, w in enumerate(ws) if j not in gone])
+                parts[k] = [w for j, w in enumerate(parts[k]) if j not in gone]
             offset += len(js)
-        return out
+
+
+class SectionStep(NamedTuple):
+    """How one section of `order` is drawn, resolved from the settings once (not looked up per draw)."""
+
+    name: str
+    keep_prob: float  # section_prob (1: kept without a draw)
+    weak: float  # per-tag dropout rate (0: no draws)
+    shuffle: bool
+    droppable: bool
 
 
 def structured(source) -> dict:

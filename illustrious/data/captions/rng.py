@@ -8,9 +8,11 @@ which seeds Python's Mersenne Twister directly (cheaper than hashing a string).
 from __future__ import annotations
 
 import random
+from _random import Random as _CRandom
 from typing import NamedTuple
 
 MASK64 = (1 << 64) - 1
+_SEED = _CRandom.seed  # what random.Random.seed ends in for an int, without its per-call type checks
 
 
 class CaptionKey(NamedTuple):
@@ -28,7 +30,8 @@ def caption_rng(key: CaptionKey, reuse: random.Random | None = None) -> random.R
     """The RNG of `key`; `reuse` (an RNG the caller owns) is reseeded instead of allocating one."""
     if reuse is None:
         return random.Random(key_int(key))
-    reuse.seed(key_int(key))
+    _SEED(reuse, key_int(key))
+    reuse.gauss_next = None  # as random.Random.seed does
     return reuse
 
 
