@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from typing import NamedTuple
 
 from illustrious.data.captions.augment import (
@@ -115,53 +114,47 @@ class TagCaptions:
 
     def tag_prompt(self, sections: dict[str, list[str]], rng: random.Random) -> str:
         draw = rng.random
-        parts: list[list[str]] = []  # the kept sections' words, in order
-        pooled: list[tuple[int, bool]] = []  # (position in parts, shuffled) of the droppable sections
+        words: list[str] = []  # the prompt's words, section after section
+        pooled: list[tuple[int, int, bool]] = []  # (start, end, shuffled) of the droppable sections in `words`
         for name, keep_prob, weak, shuffle, droppable in self._steps:
-            words = sections.get(name)
-            if not words or (keep_prob < 1.0 and draw() >= keep_prob):
+            section = sections.get(name)
+            if not section or (keep_prob < 1.0 and draw() >= keep_prob):
                 continue
             if weak:
-                words = weak_dropout(words, weak, rng)
-            if shuffle and len(words) > 1:
-                words = shuffled(words, rng)
+                section = weak_dropout(section, weak, rng)
+            if shuffle and len(section) > 1:
+                section = shuffled(section, rng)
             if droppable:
-                pooled.append((len(parts), shuffle))
-            parts.append(words)
+                pooled.append((len(words), len(words) + len(section), shuffle))
+            words += section
         if self.levels:
-            self.multi_level_dropout(parts, pooled, rng)
-        words = paraphrase(list(chain.from_iterable(parts)), self.paraphrases, self.paraphrase_prob, rng)
+            self.multi_level_dropout(words, pooled, rng)
+        words = paraphrase(words, self.paraphrases, self.paraphrase_prob, rng)
         sep = " " if self.space_prob and draw() < self.space_prob else ", "
         return sep.join(words)
 
-    def multi_level_dropout(self, parts: list[list[str]], pooled: list[tuple[int, bool]], rng: random.Random) -> None:
+    def multi_level_dropout(self, words: list[str], pooled: list[tuple[int, int, bool]], rng: random.Random) -> None:
         """Keep a level's share of the droppable, unprotected tags (pooled over the droppable sections), in place."""
         protected = self.protected
         if len(pooled) == 1 and not protected:  # the usual case: one droppable section, nothing protected
-            (k, is_shuffled), = pooled
-            n = len(parts[k])
+            (start, end, is_shuffled), = pooled
+            n = end - start
             keep = level_keep(n, self.levels, rng.random())
             if keep >= n:
                 return
             if is_shuffled:  # already in uniform random order: its first `keep` are a uniform subset
-                parts[k] = parts[k][:keep]
+                del words[start + keep:end]
                 return
-            slots = {k: range(n)}
+            slots = range(start, end)
         else:
-            # droppable positions per section (all of them when nothing is protected: no per-tag work)
-            slots = {k: (range(len(parts[k])) if not protected else [j for j, w in enumerate(parts[k]) if w not in protected])
-                     for k, _ in pooled}
-            n = sum(len(js) for js in slots.values())
+            # droppable positions in `words`, section by section (protected tags are never candidates)
+            slots = [j for start, end, _ in pooled for j in range(start, end) if words[j] not in protected]
+            n = len(slots)
             keep = level_keep(n, self.levels, rng.random())
             if keep >= n:
                 return
-        drop = set(random_order(n, rng)[keep:])  # flat positions over the sections' slots, in order
-        offset = 0
-        for k, js in slots.items():
-            gone = {js[i - offset] for i in range(offset, offset + len(js)) if i in drop}
-            if gone:
-                parts[k] = [w for j, w in enumerate(parts[k]) if j not in gone]
-            offset += len(js)
+        gone = {slots[i] for i in random_order(n, rng)[keep:]}
+        words[:] = [w for j, w in enumerate(words) if j not in gone]
 
 
 class SectionStep(NamedTuple):
