@@ -16,6 +16,7 @@ Variants (each one config away from the default run):
   full_dit_drop  full prefix read by Gemma, but its states dropped before the DiT (the DiT sees the caption only)
   full_frozen    full prefix, text encoder frozen at its random init (text_encoder_lr=0)
   none_frozen    no prefix, text encoder frozen
+  full_dit_drop_frozen  full prefix read by a frozen Gemma, its states dropped before the DiT
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/system_prompt_study/run_study.py --steps 150 \
         --variants none full full_dit_drop --out /tmp/prefix_study
@@ -42,6 +43,7 @@ VARIANTS = {
     "full_dit_drop": {"system_prompt": LUMINA_SYSTEM_PROMPT, "drop_prefix": True},
     "full_frozen": {"system_prompt": LUMINA_SYSTEM_PROMPT, "text_encoder_lr": 0},
     "none_frozen": {"system_prompt": "", "text_encoder_lr": 0},
+    "full_dit_drop_frozen": {"system_prompt": LUMINA_SYSTEM_PROMPT, "drop_prefix": True, "text_encoder_lr": 0},
 }
 
 
@@ -58,7 +60,8 @@ class CaptionOnlyEncoder(GemmaPromptEncoder):
 
     def forward(self, prompts):
         states, mask = super().forward(prompts)
-        skip = prefix_lengths(self, prompts)
+        # an empty (dropped) caption is encoded bare, <bos> only: keep that one state rather than none
+        skip = [min(k, int(m.sum()) - 1) for m, k in zip(mask, prefix_lengths(self, prompts), strict=True)]
         lengths = [int(m.sum()) - k for m, k in zip(mask, skip, strict=True)]
         out = states.new_zeros(len(prompts), max(lengths), states.shape[-1])
         new_mask = torch.zeros(len(prompts), max(lengths), dtype=torch.bool, device=mask.device)
@@ -201,7 +204,8 @@ def run_variant(name: str, steps: int, out: Path, batch_size: int, extra: list[s
     overrides = ["backbone=lumina_tiny", "objective=flow", f"trainer.max_steps={steps}",
                  f"data.batch_size={batch_size}", f"output_dir={out / name}", "resume=false",
                  f"backbone.system_prompt='{spec['system_prompt']}'", "callbacks.samples=null",
-                 "callbacks.composition=null", "callbacks.progress=null", "callbacks.checkpoint=null", *extra]
+                 "callbacks.composition=null", "callbacks.progress=null", "callbacks.checkpoint=null",
+                 "callbacks.memory_check=null", *extra]
     if "text_encoder_lr" in spec:
         overrides.append(f"optim.text_encoder_lr={spec['text_encoder_lr']}")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
