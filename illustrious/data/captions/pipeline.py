@@ -85,7 +85,7 @@ class TagCaptions:
     # -- one draw ----------------------------------------------------------------------------------------
     def __call__(self, source, key: CaptionKey | random.Random | None = None) -> str:
         rng = draw_rng(key, self._rng)
-        record = source if type(source) is dict and "sections" in source else structured(source)
+        record = structured(source)
         draw = rng.random
         quality = record["score_tag"] or self.quality_string
         if self.uncond_prob and draw() < self.uncond_prob:
