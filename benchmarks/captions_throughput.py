@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from benchmarks.common import machine, median
+from benchmarks.common import compose, machine, median
 
 CHARACTERS = ["hatsune_miku", "kagamine_rin", "hakurei_reimu", "kirisame_marisa"]
 GENERAL = [f"general_tag_{i}" for i in range(500)]
@@ -46,19 +46,13 @@ def caption_rate(pipe, raw: list[dict], draws: int, with_record: bool) -> float:
 
 
 def pipelines():
-    import yaml
+    """`captions=illustrious` and `captions=bigasp` as a run composes and instantiates them."""
+    import tempfile
 
-    from illustrious.config import CONF_DIR
-    from illustrious.data.captions import TagCaptions
+    from illustrious.config import instantiate
 
-    out = {}
-    for name in ("illustrious", "bigasp"):
-        cfg = yaml.safe_load((CONF_DIR / "captions" / f"{name}.yaml").read_text())
-        for parent in cfg.pop("defaults", []):
-            cfg = {**yaml.safe_load((CONF_DIR / "captions" / f"{parent}.yaml").read_text()), **cfg}
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        out[name] = TagCaptions(**cfg)
-    return out
+    with tempfile.TemporaryDirectory() as tmp:
+        return {name: instantiate(compose([f"captions={name}"], tmp).captions) for name in ("illustrious", "bigasp")}
 
 
 def encoding_times(batch: int, rounds: int, with_bigg: bool) -> dict:

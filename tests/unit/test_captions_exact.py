@@ -7,20 +7,18 @@ speed-up of the pipeline must reproduce these strings (and the digests over 3000
 import hashlib
 
 import pytest
-import yaml
 
-from illustrious.config import CONF_DIR
+from illustrious.config import instantiate
 from illustrious.data.captions import CaptionKey, TagCaptions, caption_source
+from tests.conftest import compose_config
 
 GENERAL = ["1girl", "solo", "long_hair", "smile", "open_mouth", "hatsune_miku_(append)", "^_^",
            *(f"tag_{i}" for i in range(33))]
 
 
-def config(name: str) -> dict:
-    cfg = yaml.safe_load((CONF_DIR / "captions" / f"{name}.yaml").read_text())
-    for parent in cfg.pop("defaults", []):
-        cfg = {**yaml.safe_load((CONF_DIR / "captions" / f"{parent}.yaml").read_text()), **cfg}
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+def shipped(name: str, tmp_path) -> TagCaptions:
+    """`captions=<name>` as a run composes and instantiates it."""
+    return instantiate(compose_config([f"captions={name}"], tmp_path).captions)
 
 
 def record():
@@ -66,8 +64,8 @@ DIGESTS = {"illustrious": "062a0b6b39322a59c9ec826c3fc9bc1b1ac48f21d90bca5b1082d
 
 
 @pytest.mark.parametrize("name,expected", [("illustrious", ILLUSTRIOUS), ("bigasp", BIGASP)])
-def test_shipped_configs_give_pinned_captions(name, expected):
-    pipe, rec = TagCaptions(**config(name)), record()
+def test_shipped_configs_give_pinned_captions(name, expected, tmp_path):
+    pipe, rec = shipped(name, tmp_path), record()
     assert {i: pipe(rec, CaptionKey(11, 2, i)) for i in expected} == expected
     digest = hashlib.sha256()
     for i in range(3000):
