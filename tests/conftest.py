@@ -18,25 +18,26 @@ _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
 torch.set_num_threads(_THREADS)
 os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
-# A process-group rendezvous left in the environment (Lightning's DDP setup and torch's env:// init write
-# MASTER_PORT into os.environ) is inherited by every later subprocess: two-process runs of different tests
-# then meet on one port and hang until gloo's 30-minute timeout. No test starts with one, nor leaves one.
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                  "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED")
+# Process state that in-process code writes into os.environ (Lightning's DDP setup and torch's env:// init:
+# the rendezvous; seed_everything: PL_GLOBAL_SEED) is inherited by every later subprocess: two-process runs of
+# different tests then meet on one port and hang until gloo's 30-minute timeout. The session starts without
+# it and every test's is dropped when it ends, so every test (and every subprocess it starts) starts clean.
+LEAKED_PROCESS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                      "NODE_RANK", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED")
 
 
-def drop_rendezvous_env() -> None:
-    for name in RENDEZVOUS_ENV:
+def drop_leaked_process_env() -> None:
+    for name in LEAKED_PROCESS_ENV:
         os.environ.pop(name, None)
 
 
-drop_rendezvous_env()
+drop_leaked_process_env()
 
 
 @pytest.fixture(autouse=True)
-def _no_rendezvous_left_behind():
+def _no_process_env_left_behind():
     yield
-    drop_rendezvous_env()
+    drop_leaked_process_env()
 
 # Settings that keep a training run to seconds: tiny data, two sampling steps, a few eval samples.
 FAST = [
@@ -79,8 +80,7 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300):
     """Run `python -m illustrious.run ...` in a subprocess; returns the CompletedProcess."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
-    env.update(PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "illustrious.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
