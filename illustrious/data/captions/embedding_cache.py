@@ -1,7 +1,9 @@
 """Text-embedding caching that keeps caption augmentation: K augmented captions per sample, encoded once.
 
 What the cache holds: for sample i, K entries; entry k is the encoding of the caption the pipeline draws
-for `CaptionKey(seed, epoch=k, index=i)`. At epoch e the sample trains on entry `variant_of((seed, e, i), K)`,
+for `CaptionKey(seed, epoch=k, index=i)`. A sample's index is its caption key: a position (shapes, folders), or
+for streamed samples whatever stable key the stream draws captions from (WebDataset: shard << 32 | position);
+the sources give `(index, record)` pairs in increasing index order (`keyed`), and entries are stored by index. At epoch e the sample trains on entry `variant_of((seed, e, i), K)`,
 drawn uniformly from (seed, e, i), so every epoch sees a different mix of the K variants, and the caption
 is `pipeline(source, variant_key((seed, e, i)))`, a pure function of the key as without the cache (the
 batch's `captions` say which one). With K = 1 and a pipeline that augments, every step would see the same
@@ -17,9 +19,10 @@ cache built from anything else is refused.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -43,6 +46,13 @@ def check_variants(variants: int, augments: bool) -> None:
         raise ConfigError("text-embedding cache with variants=1 while the caption pipeline augments (shuffle, dropout, "
                           "...): every step would train on one fixed caption per sample, i.e. no augmentation. Set "
                           "variants to 4 or more (each epoch draws one of them), or use captions=plain with dropout=0.")
+
+
+def keyed(sources) -> Iterator[tuple[int, object]]:
+    """(index, caption record) pairs of a cache's sources: a sequence (index = position), or an object with
+    `items()` giving them itself (streamed data, keyed by its own sample keys)."""
+    items = getattr(sources, "items", None)
+    return items() if items is not None else ((i, sources[i]) for i in range(len(sources)))
 
 
 def variant_of(key: CaptionKey, variants: int) -> int:
@@ -86,32 +96,38 @@ class TextEmbeddingCache:
         return self.folder / f"block-{block:06d}.safetensors"
 
     @torch.no_grad()
-    def build(self, backbone: Backbone, sources: Sequence, pipeline: Callable, batch_size: int = 64,
-              description: Mapping | None = None) -> None:
-        """Encode K variants of every sample's caption (`pipeline(source, CaptionKey(seed, k, i))`), block by
-        block; `description` (what it was built from) goes into cache.json, written last."""
+    def build(self, backbone: Backbone, sources, pipeline: Callable, batch_size: int = 64,
+              description: Mapping | None = None) -> int:
+        """Encode K variants of every sample's caption (`pipeline(record, CaptionKey(seed, k, i))` for each
+        (i, record) of `keyed(sources)`), block by block; `description` (what it was built from) goes into
+        cache.json, written last. Returns the number of samples."""
         check_variants(self.variants, getattr(pipeline, "augments", True))
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / META).unlink(missing_ok=True)  # an interrupted rebuild never passes for a finished one
         empty = backbone.encode_text([""])
         filler = None if empty.mask is not None else empty.tokens[0].float().cpu()
-        for block in range(-(-len(sources) // BLOCK)):
-            samples = range(block * BLOCK, min((block + 1) * BLOCK, len(sources)))
-            items = [(i, k) for i in samples for k in range(self.variants)]
+        samples, written = 0, set()
+        for block, group in itertools.groupby(keyed(sources), key=lambda pair: pair[0] // BLOCK):
+            if block in written:
+                raise ValueError(f"text-embedding cache sources are not in index order (block {block} came twice)")
+            written.add(block)
+            items = [(i, record, k) for i, record in group for k in range(self.variants)]
+            samples += len(items) // self.variants
             tensors: dict[str, Tensor] = {}
             for start in range(0, len(items), batch_size):
                 part = items[start:start + batch_size]
-                prompts = [pipeline(sources[i], CaptionKey(self.seed, k, i)) for i, k in part]
+                prompts = [pipeline(record, CaptionKey(self.seed, k, i)) for i, record, k in part]
                 cond = backbone.encode_text(prompts).to("cpu", torch.float32)
-                for row, (i, k) in enumerate(part):
+                for row, (i, _, k) in enumerate(part):
                     tensors.update({f"{i}/{k}/{name}": v for name, v in trim(cond, row, filler).items()})
             save_atomic(tensors, self.block_path(block))
         if filler is not None:
             save_atomic({"filler": filler}, self.folder / "filler.safetensors")
-        meta = {**self.identity(len(sources)), **dict(description or {})}
+        meta = {**self.identity(samples), **dict(description or {})}
         tmp = self.folder / (META + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
         tmp.replace(self.folder / META)
+        return samples
 
     def identity(self, samples: int) -> dict:
         return {"variants": self.variants, "seed": self.seed, "samples": samples}
@@ -119,12 +135,17 @@ class TextEmbeddingCache:
     def is_built(self) -> bool:
         return (self.folder / META).is_file()
 
-    def check_built(self, samples: int, description: Mapping | None = None) -> None:
-        """Refuse a missing cache, or one built for other samples, variants, seed, text encoders or captions."""
+    def check_built(self, samples: int | None, description: Mapping | None = None) -> None:
+        """Refuse a missing cache, or one built for other samples, variants, seed, text encoders or captions
+        (`samples=None`: sources that do not know their count without reading everything; their `description`
+        must say what they are)."""
         if not self.is_built():
             raise ConfigError(f"No text-embedding cache at {self.folder}; build it first.")
         meta = json.loads((self.folder / META).read_text())
-        want = json.loads(json.dumps({**self.identity(samples), **dict(description or {})}))  # JSON's own types
+        identity = self.identity(samples)
+        if samples is None:
+            del identity["samples"]
+        want = json.loads(json.dumps({**identity, **dict(description or {})}))  # JSON's own types
         wrong = [k for k in sorted(want) if meta.get(k) != want[k]]
         if wrong:
             details = "; ".join(f"{k}: cache has {json.dumps(meta.get(k))[:300]}, this run has "
@@ -141,11 +162,20 @@ class TextEmbeddingCache:
     def variant_entry(self, index: int, variant: int) -> dict[str, Tensor]:
         block = index // BLOCK
         if block not in self._files:
-            handle = safe_open(str(self.block_path(block)), framework="pt")
+            path = self.block_path(block)
+            if not path.is_file():
+                raise self.missing(index, f"{path.name} does not exist")
+            handle = safe_open(str(path), framework="pt")
             self._files[block] = handle, set(handle.keys())
         handle, names = self._files[block]
         prefix = f"{index}/{variant}/"
+        if prefix + "tokens" not in names:
+            raise self.missing(index, f"{self.block_path(block).name} has no entry {prefix}")
         return {name: handle.get_tensor(prefix + name) for name in ("tokens", "mask", "pooled") if prefix + name in names}
+
+    def missing(self, index: int, why: str) -> ConfigError:
+        return ConfigError(f"Sample {index} is not in the text-embedding cache {self.folder} ({why}): the cache was "
+                           "built for other data. Delete the folder to rebuild it, or point data.text_cache at a new one.")
 
     def filler(self) -> Tensor | None:
         if self._filler is None and (self.folder / "filler.safetensors").is_file():

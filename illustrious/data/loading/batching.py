@@ -77,8 +77,12 @@ class Collate:
 
     def caption_key(self, epoch: int, index: int) -> CaptionKey:
         """The key of sample `index`'s caption at `epoch` (with a text cache: the variant the cache holds)."""
-        key = CaptionKey(self.seed, epoch, index)
-        return key if self.text_cache is None else variant_key(key, self.text_cache.variants)
+        return self.drawn_key(CaptionKey(self.seed, epoch, index))
+
+    def drawn_key(self, key: CaptionKey | None) -> CaptionKey | None:
+        """The key a caption is drawn from for a sample keyed `key`: itself, or with a text cache the variant
+        the cache holds for it."""
+        return key if self.text_cache is None or key is None else variant_key(key, self.text_cache.variants)
 
     def caption(self, source, epoch: int, index: int) -> str:
         """The caption sample `index` trains on at `epoch` (what a batch's `captions` holds for it)."""
@@ -92,12 +96,13 @@ class Collate:
                 indices = samples.loaded if self.text_cache is not None and samples.loaded else samples.indices
                 keys = [self.caption_key(samples.epoch, i) for i in indices]
             samples, skipped = samples.samples, samples.skipped
-        # plain lists of samples: each sample's own key (fresh entropy without one, never the global RNG)
-        keys = keys or [s.get(CAPTION_KEY) for s in samples]
+        # plain lists of samples (streams): each sample's own key (fresh entropy without one, never the global RNG)
+        keys = keys or [self.drawn_key(s.get(CAPTION_KEY)) for s in samples]
         batch: dict = {"captions": [self.captions(s["captions"], k) for s, k in zip(samples, keys, strict=True)]}
         if self.text_cache is not None:
             if any(k is None for k in keys):
-                raise RuntimeError("A text-embedding cache needs batches from the bucket sampler (epoch and indices).")
+                raise RuntimeError("A text-embedding cache needs keyed samples (the bucket sampler's epoch and indices, "
+                                   "or a stream's caption keys).")
             batch["conditioning"] = self.text_cache.collate([self.text_cache.variant_entry(k.index, k.epoch)
                                                              for k in keys])
         for key in ("pixels", "latents"):

@@ -6,6 +6,8 @@ cache if the folder has none (rank 0, on the training device, the others wait), 
 other text encoders, captions or data (`captions/cache_fingerprint.py`). `Collate` then puts each batch's
 entries in `batch["conditioning"]`, which `DiffusionModule` uses instead of encoding `batch["captions"]`.
 What the cache holds (K caption variants per sample, one drawn per epoch): `captions/embedding_cache.py`.
+`sources` are the samples' caption records: `CaptionSources` (index -> record, for sources that know their
+length) or streamed ones that give `(key, record)` pairs themselves (`items()`, e.g. WebDataset shards).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def open_text_cache(folder: str | Path, variants: int, seed: int, sources, pipel
         if trainer.is_global_zero:
             build(cache, backbone, sources, pipeline, description, trainer.strategy.root_device, batch_size)
         trainer.strategy.barrier("text_cache")  # the other ranks wait for rank 0's build
-    cache.check_built(len(sources), description)
+    cache.check_built(len(sources) if hasattr(sources, "__len__") else None, description)
     log.info("Training on cached text embeddings from %s (%d variants per sample).", cache.folder, variants)
     return cache
 
@@ -73,15 +75,15 @@ def build(cache: TextEmbeddingCache, backbone, sources, pipeline, description: d
     encoders = backbone.text_encoders
     home = next(encoders.parameters()).device
     was_training = encoders.training
-    log.info("Building the text-embedding cache %s: %d samples x %d variants on %s.", cache.folder, len(sources),
-             cache.variants, device)
+    log.info("Building the text-embedding cache %s: %s samples x %d variants on %s.", cache.folder,
+             len(sources) if hasattr(sources, "__len__") else "all", cache.variants, device)
     start = time.perf_counter()
     encoders.to(device).eval()
     try:
-        cache.build(backbone, sources, pipeline, batch_size=batch_size, description=description)
+        samples = cache.build(backbone, sources, pipeline, batch_size=batch_size, description=description)
     finally:
         encoders.to(home).train(was_training)
-    log.info("Text-embedding cache built in %.1f s.", time.perf_counter() - start)
+    log.info("Text-embedding cache built in %.1f s (%d samples).", time.perf_counter() - start, samples)
 
 
 def table_digest(table, columns: list[str]) -> str:

@@ -9,12 +9,18 @@ resumed run continues at the exact batch with the same captions (sources/webdata
 shards, seed, batch size, world size and number of loader workers are unchanged; otherwise the epoch restarts
 from its first batch (with a warning).
 
+With `text_cache` the training batches carry cached text embeddings (loading/text_cache.py): K caption variants
+per sample keyed by the stream's sample keys, built on first use by reading every training shard's metadata
+(no image is decoded), and refused when the shards (URLs, sizes, modification times), the caption settings or
+the text encoders differ from those it was built from.
+
 Validation reads held-out shards, named (`val_urls`, taken out of the training list if they are in it) or
 the last `val_shards` of the list, in order, without shuffling; rank r takes batches r, r + world, ...
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -30,13 +36,14 @@ from illustrious.data.captions import CaptionPipeline
 from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.labels import caption_variants
 from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.text_cache import open_text_cache
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
 from illustrious.data.sources.webdataset_stream import (
-    POSITION_KEY,
-    SHARD_KEY,
     BucketBatcher,
+    ShardCaptions,
     ShardStream,
     per_worker,
+    read_shard,
 )
 from illustrious.data.storage.shard_writer import INDEX
 from illustrious.errors import ConfigError
@@ -54,13 +61,20 @@ class HeldOutStream(IterableDataset):
 
     def samples(self):
         for shard, url in enumerate(self.urls):
-            read = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": url}]))
-            for position, raw in enumerate(read):
-                raw[SHARD_KEY], raw[POSITION_KEY] = shard, position
-                yield raw
+            yield from read_shard(url, shard)
 
     def __iter__(self):
         return islice(self.batcher(self.samples()), self.rank, None, self.world_size)
+
+
+def shards_digest(urls: list[str]) -> str:
+    """A digest of the shard list: each URL, and for local files their size and modification time (a rewritten
+    shard is another shard; tar pads members to 512 bytes, so a size alone could miss an edited caption)."""
+    h = hashlib.blake2b(digest_size=16)
+    for url in urls:
+        stat = None if url.startswith(REMOTE) else Path(url).expanduser().stat()
+        h.update(f"{url}\0{stat.st_size if stat else ''}\0{stat.st_mtime_ns if stat else ''}\n".encode())
+    return h.hexdigest()
 
 
 def expand(spec: str | list[str]) -> list[str]:
@@ -74,8 +88,10 @@ class WebDataModule(BucketedDataModule):
                  require_caption: bool = True, txt_style: str = "tags", images: ImageSettings | None = None,
                  drop_last: bool = False, batch_size: int = 8, num_workers: int = 4, seed: int = 0,
                  captions: CaptionPipeline | None = None, val_urls: str | list[str] | None = None,
-                 val_shards: int = 0):
+                 val_shards: int = 0, text_cache: str | None = None, text_cache_variants: int = 4):
         super().__init__(images, batch_size, num_workers, seed, captions)
+        self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
+        self.texts = None  # the opened TextEmbeddingCache (setup)
         if val_shards < 0:
             raise ConfigError(f"data.val_shards={val_shards}: must be >= 0 (0 = no held-out shards).")
         if val_urls and val_shards:
@@ -153,6 +169,24 @@ class WebDataModule(BucketedDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.check()
         self.bucket_set()
+        if self.text_cache and self.texts is None:
+            sources = ShardCaptions(self.urls, self.batcher(drop_last=self.drop_last))
+            self.texts = open_text_cache(self.text_cache, self.text_cache_variants, self.seed, sources,
+                                         self.caption_pipeline, self.data_signature(), self.trainer)
+
+    def data_signature(self) -> str:
+        """What a text cache's entries depend on besides the captions and encoders: which samples there are (the
+        shards, the settings that keep or drop a sample) and how their caption records are read."""
+        keep = {k: getattr(self.settings, k) for k in ("min_side", "max_aspect", "bomb_pixels")}
+        return (f"webdataset(txt_style={self.txt_style}, require_caption={self.require_caption}, {keep}, "
+                f"shards={shards_digest(self.urls)})")
+
+    def batcher(self, drop_last: bool, text_cache=None) -> BucketBatcher:
+        """Samples -> collated one-bucket batches (with `text_cache`, carrying cached conditioning)."""
+        collate = self.loader_collate()
+        collate.text_cache = text_cache
+        return BucketBatcher(self.bucket_set(), self.settings, self.batch_size, collate, self.bucket_buffer,
+                             self.require_caption, self.txt_style, drop_last)
 
     def batches_per_rank(self) -> int:
         _, world = self.rank_and_world()
@@ -164,8 +198,7 @@ class WebDataModule(BucketedDataModule):
         self.setup("fit")
         rank, world = self.rank_and_world()
         self.check_workers(world)
-        batcher = BucketBatcher(self.bucket_set(), self.settings, self.batch_size, self.loader_collate(), self.bucket_buffer,
-                                self.require_caption, self.txt_style, self.drop_last)
+        batcher = self.batcher(self.drop_last, self.texts)
         each = per_worker(self.batches_per_rank(), self.num_workers)
         self.stream = ShardStream(self.urls, batcher, rank=rank, world_size=world, batches_per_worker=each,
                                   num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer,
@@ -180,9 +213,7 @@ class WebDataModule(BucketedDataModule):
         if not self.val_urls:
             return []
         rank, world = self.rank_and_world()
-        batcher = BucketBatcher(self.bucket_set(), self.settings, self.batch_size, self.loader_collate(),
-                                self.bucket_buffer, self.require_caption, self.txt_style, drop_last=False)
-        return DataLoader(HeldOutStream(self.val_urls, batcher, rank, world), batch_size=None, num_workers=0)
+        return DataLoader(HeldOutStream(self.val_urls, self.batcher(drop_last=False), rank, world), batch_size=None, num_workers=0)
 
     # -- resuming -----------------------------------------------------------------------------------------
     def layout(self) -> dict:

@@ -12,7 +12,8 @@ repeats of its own samples and emitted. A sample that fails to decode is skipped
 Every sample has a stable key, (shard index, position in the shard), and its caption is drawn from
 `CaptionKey(seed, epoch, key)`: the same on any worker, on any rank and after a resume. A resumed stream
 (`ShardStream.resume_at`) replays each worker's batches of the epoch up to its position without decoding them
-(only tar headers and JSON metadata are read) and continues with the next one.
+(only tar headers and JSON metadata are read) and continues with the next one. `ShardCaptions` reads every
+sample's caption record under the same key, in key order, for a text-embedding cache.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ SHARD_KEY, POSITION_KEY = "__shard__", "__position__"
 
 def sample_key(shard: int, position: int) -> int:
     return (shard << SHARD_BITS) | position
+
+
+def read_shard(url: str, shard: int) -> Iterator[dict]:
+    """The raw samples of one shard in order, each tagged with its shard index and position (its key)."""
+    tar = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": url}]))
+    for position, raw in enumerate(tar):
+        raw[SHARD_KEY], raw[POSITION_KEY] = shard, position
+        yield raw
 
 
 class BucketBatcher:
@@ -135,6 +144,10 @@ class BucketBatcher:
             return None
         return meta, data
 
+    def caption_record(self, meta: dict) -> dict[str, str]:
+        """What the caption pipeline reads for a parsed sample (its `captions`)."""
+        return caption_variants(meta.get("caption"), meta["tags"], self.txt_style)
+
     def decode(self, bucket: int, group: list, skipped: list, epoch: int = 0) -> dict | None:
         bucket_w, bucket_h = self.buckets[bucket]
         samples = []
@@ -146,8 +159,8 @@ class BucketBatcher:
                 reason = f"{e.reason}: {e.detail}" if isinstance(e, ImageError) else f"unreadable_image: {e}"
                 skipped.append((meta["path"], reason))
                 continue
-            record = sample_record(caption_variants(meta.get("caption"), meta["tags"], self.txt_style), sizes,
-                                   pixels=to_pixels(pixels), path=meta["path"], tags=meta["tags"],
+            record = sample_record(self.caption_record(meta), sizes, pixels=to_pixels(pixels), path=meta["path"],
+                                   tags=meta["tags"],
                                    rating=meta.get("rating"), score=meta.get("score"), created=meta.get("created"))
             if CAPTION_KEY in meta:  # the caption drawn from (seed, epoch, sample key), not from a global RNG
                 record[CAPTION_KEY] = CaptionKey(self.collate.seed, epoch, meta[CAPTION_KEY])
@@ -224,10 +237,7 @@ class ShardStream(IterableDataset):
 
     def read(self, shards: Iterable[int]) -> Iterator[dict]:
         for shard in shards:
-            tar = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": self.urls[shard]}]))
-            for position, raw in enumerate(tar):
-                raw[SHARD_KEY], raw[POSITION_KEY] = shard, position
-                yield raw
+            yield from read_shard(self.urls[shard], shard)
 
     def shuffled(self, samples: Iterable[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
@@ -242,6 +252,23 @@ class ShardStream(IterableDataset):
                 yield buffer.pop()
         rng.shuffle(buffer)
         yield from buffer
+
+
+class ShardCaptions:
+    """Every sample the stream would train on, as (caption key, caption record) in key order, read from the
+    shards without decoding an image: the sources of a text-embedding cache (`embedding_cache.keyed`). The
+    samples are the ones `batcher.parse` keeps, keyed as `ShardStream` keys them."""
+
+    def __init__(self, urls: list[str], batcher: BucketBatcher):
+        self.urls, self.batcher = list(urls), batcher
+
+    def items(self) -> Iterator[tuple[int, dict[str, str]]]:
+        for shard, url in enumerate(self.urls):
+            for raw in read_shard(url, shard):
+                parsed = self.batcher.parse(raw, [])
+                if parsed is not None:
+                    meta, _ = parsed
+                    yield meta[CAPTION_KEY], self.batcher.caption_record(meta)
 
 
 def per_worker(batches_per_rank: int, num_workers: int) -> int:
