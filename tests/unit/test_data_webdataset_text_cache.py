@@ -124,3 +124,25 @@ def test_a_missing_entry_names_the_cache(tmp_path):
     cache = TextEmbeddingCache(tmp_path, 2, 0)
     with pytest.raises(ConfigError, match="not in the text-embedding cache"):
         cache.variant_entry(5 << SHARD_BITS, 0)
+
+
+def test_trains_two_steps_on_cached_text_embeddings(shard_set, make_config):
+    """Through train(), frozen text encoders: the cache is built on first use and the steps train from it (reuse:
+    test_cache_is_built_once_and_reused)."""
+    import json
+    import math
+
+    from illustrious.train import train
+    from tests.integration.test_data_training import FAST_FOLDER
+    from tests.unit.test_data_folder import SMALL_OVERRIDES
+
+    cfg = make_config("data=webdataset", f"data.urls={shard_set / 'shards'}", "backbone=sdxl_tiny",
+                      "backbone.tokenizer_max_length=12", *SMALL_OVERRIDES, *FAST_FOLDER, "optim.text_encoder_lr=0",
+                      f"data.text_cache={shard_set / 'texts'}", f"data.text_cache_variants={VARIANTS}",
+                      "captions.dropout=0.3", "callbacks.samples=null", "callbacks.composition=null", fast=False,
+                      output_dir=shard_set / "run")
+    metrics, objects = train(cfg)
+    losses = [json.loads(line)["loss"] for line in (shard_set / "run" / "steps.jsonl").read_text().splitlines()]
+    assert metrics["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert (shard_set / "texts" / "cache.json").is_file() and list((shard_set / "texts").glob("block-*"))
+    assert objects["datamodule"].texts is not None
