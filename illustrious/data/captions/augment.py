@@ -77,11 +77,13 @@ def paraphrase(words: list[str], table: Mapping[str, Sequence[str]], p: float, r
     hits = table.keys() & words  # in C: one dict lookup per word, no set of the prompt built
     if not hits:
         return words
-    words = words.copy()
-    for w in sorted(hits, key=words.index):  # in prompt order, so draws do not depend on set order
+    out = words  # copied at the first replacement
+    for w in sorted(hits, key=words.index) if len(hits) > 1 else hits:  # in prompt order: draws never follow set order
         if rng.random() < p:
-            words[words.index(w)] = rng.choice(table[w])
-    return words
+            if out is words:
+                out = words.copy()
+            out[out.index(w)] = rng.choice(table[w])
+    return out
 
 
 def register_tokens(rng: random.Random, count: tuple[int, int], length: tuple[int, int]) -> list[str]:

@@ -22,7 +22,6 @@ from illustrious.data.captions.augment import (
     ILLUSTRIOUS_LEVELS,
     DropoutLevel,
     check_levels,
-    level_keep,
     paraphrase,
     random_order,
     register_tokens,
@@ -75,8 +74,10 @@ class TagCaptions:
         self.quality_string = quality_string
         self.rating_tags = dict(RATING_TAGS if rating_tags is None else rating_tags)
         self._rng = random.Random()  # reseeded per draw from its key (no allocation per caption)
-        self._steps = tuple(SectionStep(name, self.section_prob.get(name, 1.0), self.weak.get(name, 0.0),
-                                        name in self.shuffle, name in self.droppable) for name in self.order)
+        self._steps = tuple(SectionStep(name, DERIVED.get(name, ""), self.section_prob.get(name, 1.0),
+                                        self.weak.get(name, 0.0), name in self.shuffle, name in self.droppable)
+                            for name in self.order)
+        self._levels = tuple((lv.p, lv.keep_fraction, lv.keep_at_least) for lv in self.levels)  # level_keep's table
         # whether two draws of one sample may differ (text-embedding caches need to know)
         self.augments = bool(self.shuffle or any(lv.p for lv in self.levels) or self.weak or self.paraphrase_prob
                              or self.caption_prob or self.register_prob or self.uncond_prob or self.space_prob
@@ -85,19 +86,18 @@ class TagCaptions:
     # -- one draw ----------------------------------------------------------------------------------------
     def __call__(self, source, key: CaptionKey | random.Random | None = None) -> str:
         rng = draw_rng(key, self._rng)
-        record = structured(source)
+        record = source if type(source) is dict and "sections" in source else structured(source)
         draw = rng.random
         quality = record["score_tag"] or self.quality_string
         if self.uncond_prob and draw() < self.uncond_prob:
             return quality if quality and draw() < self.uncond_quality_fraction else ""
-        sections = self.sections(record)
         caption = record["caption"]
-        if caption and (not any(sections.values()) or (self.caption_prob and draw() < self.caption_prob)):
+        if caption and (not self.has_tags(record) or (self.caption_prob and draw() < self.caption_prob)):
             text = caption
             if quality and self.keeps("score", rng):
                 text = f"{quality}, {text}"
         else:
-            text = self.tag_prompt(sections, rng)
+            text = self.tag_prompt(record, rng)
         if self.register_prob and draw() < self.register_prob:
             text = " ".join([text, *register_tokens(rng, self.register_count, self.register_length)]).strip()
         return text
@@ -106,22 +106,32 @@ class TagCaptions:
         p = self.section_prob.get(section, 1.0)
         return p >= 1.0 or rng.random() < p
 
-    def sections(self, record: Mapping) -> dict[str, list[str]]:
-        rating = self.rating_tags.get(record["rating"] or "", "")
-        return {**record["sections"], "rating": [rating] if rating else [],
-                "score": [record["score_tag"]] if record["score_tag"] else [],
-                "year": [record["year_tag"]] if record["year_tag"] else [], "control": record["control_tags"]}
+    def derived(self, record: Mapping, name: str, field: str) -> list[str]:
+        """A section made from the record's rating or derived tags (`DERIVED`)."""
+        if name == "control":
+            return record[field] or []
+        tag = self.rating_tags.get(record[field] or "", "") if name == "rating" else record[field]
+        return [tag] if tag else []
 
-    def tag_prompt(self, sections: dict[str, list[str]], rng: random.Random) -> str:
+    def has_tags(self, record: Mapping) -> bool:
+        """Whether any section has a tag (a record's own section named like a derived one is replaced by it)."""
+        own = record["sections"]
+        if own.keys().isdisjoint(DERIVED) and any(own.values()):  # (the usual record: no section to replace)
+            return True
+        return (any(own[name] for name in own.keys() - DERIVED.keys())
+                or any(self.derived(record, name, field) for name, field in DERIVED.items()))
+
+    def tag_prompt(self, record: Mapping, rng: random.Random) -> str:
         draw = rng.random
+        own = record["sections"]
         words: list[str] = []  # the prompt's words, section after section
         pooled: list[tuple[int, int, bool]] = []  # (start, end, shuffled) of the droppable sections in `words`
-        for name, keep_prob, weak, shuffle, droppable in self._steps:
-            section = sections.get(name)
+        for name, field, keep_prob, weak, shuffle, droppable in self._steps:
+            section = self.derived(record, name, field) if field else own.get(name)
             if not section or (keep_prob < 1.0 and draw() >= keep_prob):
                 continue
-            if weak:
-                section = weak_dropout(section, weak, rng)
+            if weak:  # one draw per tag; a lone name (the usual character or artist) without building a list
+                section = (section if draw() >= weak else []) if len(section) == 1 else weak_dropout(section, weak, rng)
             if shuffle and len(section) > 1:
                 section = shuffled(section, rng)
             if droppable:
@@ -139,7 +149,7 @@ class TagCaptions:
         if len(pooled) == 1 and not protected:  # the usual case: one droppable section, nothing protected
             (start, end, is_shuffled), = pooled
             n = end - start
-            keep = level_keep(n, self.levels, rng.random())
+            keep = self.level_keep(n, rng.random())
             if keep >= n:
                 return
             if is_shuffled:  # already in uniform random order: its first `keep` are a uniform subset
@@ -150,17 +160,31 @@ class TagCaptions:
             # droppable positions in `words`, section by section (protected tags are never candidates)
             slots = [j for start, end, _ in pooled for j in range(start, end) if words[j] not in protected]
             n = len(slots)
-            keep = level_keep(n, self.levels, rng.random())
+            keep = self.level_keep(n, rng.random())
             if keep >= n:
                 return
         gone = {slots[i] for i in random_order(n, rng)[keep:]}
         words[:] = [w for j, w in enumerate(words) if j not in gone]
 
 
+    def level_keep(self, n: int, u: float) -> int:
+        """`augment.level_keep(n, self.levels, u)` (the same arithmetic) from a table of plain tuples."""
+        for p, fraction, at_least in self._levels:
+            if u < p:
+                return min(n, max(int(fraction * n), at_least))
+            u -= p
+        return n
+
+
+# sections made from a record's other fields -> that field
+DERIVED = {"rating": "rating", "score": "score_tag", "year": "year_tag", "control": "control_tags"}
+
+
 class SectionStep(NamedTuple):
     """How one section of `order` is drawn, resolved from the settings once (not looked up per draw)."""
 
     name: str
+    field: str  # the record field of a derived section (DERIVED), "" for the record's own sections
     keep_prob: float  # section_prob (1: kept without a draw)
     weak: float  # per-tag dropout rate (0: no draws)
     shuffle: bool

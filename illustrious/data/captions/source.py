@@ -29,7 +29,8 @@ def caption_source(tags: Mapping[str, Sequence[str]], rating: str | None = None,
     people, general = split_prompt_people(tags.get("general") or ())
     sections = {"people": people, "general": general}
     for c in ("character", "copyright", "artist", "meta"):
-        sections[c] = [prompt_word(t) for t in tags.get(c) or ()]
+        names = tags.get(c)
+        sections[c] = list(map(prompt_word, names)) if names else []
     return {"sections": sections, "rating": rating, "caption": caption or None, "score_tag": score_tag or None,
             "year_tag": year_tag or None, "control_tags": list(control_tags or ()), "variants": variants}
 
