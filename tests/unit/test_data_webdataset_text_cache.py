@@ -146,3 +146,18 @@ def test_trains_two_steps_on_cached_text_embeddings(shard_set, make_config):
     assert metrics["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert (shard_set / "texts" / "cache.json").is_file() and list((shard_set / "texts").glob("block-*"))
     assert objects["datamodule"].texts is not None
+
+
+def test_resumed_stream_feeds_the_same_cached_conditioning(shard_set):
+    """A checkpoint's stream position brings a new loader to the next batch, with the same cached entries."""
+    def batches(state=None):
+        dm = cached(shard_set, module_for(sdxl()))
+        if state:
+            dm.load_state_dict(state)
+        return dm, [(b["captions"], b["path"], b["conditioning"].tokens) for b in dm.train_dataloader()]
+
+    dm, straight = batches()
+    _, resumed = batches(dm.stream_state(epoch=0, batches_done=1))
+    assert len(straight) == 3 and len(resumed) == 2
+    for (c1, p1, t1), (c2, p2, t2) in zip(straight[1:], resumed, strict=True):
+        assert (c1, p1) == (c2, p2) and torch.equal(t1, t2)
