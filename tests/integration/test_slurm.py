@@ -1,5 +1,7 @@
 """A real SLURM cluster (started by .ci/slurm_up.sh): a Hydra multirun through `hydra/launcher=slurm` whose
-jobs all finish and are gathered into one table, and a 2-task DDP training job through `srun`.
+jobs all finish and are gathered into one table, a 2-task DDP training job through `srun`, and a training job
+submitted with `scripts/sbatch_train.sh` that SLURM's requeue signal interrupts, which requeues itself and, requeued,
+resumes in the same run folder with the losses of an uninterrupted run.
 
 Skipped, with the reason, where no cluster answers (`sinfo` missing or no node up).
 """
@@ -9,13 +11,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
+from illustrious.callbacks.step_log import read_steps
+from illustrious.checkpoint_io import load_checkpoint_file
 from tests.conftest import FAST, REPO
+from tests.integration.test_resume import logged_steps
 
 
 def cluster_problem() -> str | None:
@@ -80,3 +87,74 @@ def test_two_task_ddp_job_through_srun(tmp_path):
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in out and "GLOBAL_RANK: 1, MEMBER: 2/2" in out
     assert not (run_dir / "train_ddp_process_1.log").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 2
+
+
+# The requeue job: lumina_tiny as in test_resume_slurm_signal.py, with steps enough that the job is still training
+# when the signal (sent once step 2 is logged) arrives on a loaded machine.
+REQUEUE_STEPS = 24
+REQUEUE_ARGS = [o for o in FAST if not o.startswith(("trainer.max_steps", "data.length"))] + [
+    f"trainer.max_steps={REQUEUE_STEPS}", "data.length=16", "callbacks.checkpoint.every_n_train_steps=100",
+    "callbacks.samples=null", "callbacks.composition=null", "callbacks.progress=null", "backbone=lumina_tiny"]
+
+
+def job_record(job: str) -> dict[str, str]:
+    """`scontrol show job`'s Key=Value fields (SLURM keeps a finished job's record for MinJobAge, 300 s)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def test_requeue_signal_on_an_sbatch_job_requeues_it_and_the_requeued_job_resumes_exactly(tmp_path):
+    # the uninterrupted reference runs outside SLURM meanwhile
+    straight = tmp_path / "straight"
+    reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *REQUEUE_ARGS,
+                                       f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "job"
+    log = tmp_path / "slurm.out"
+    # scripts/sbatch_train.sh as a user submits it (--requeue, --signal=USR2@90, --open-mode=append), sized to this
+    # CPU node; its 24 h limit is far away, so the requeue signal comes from scancel, as SLURM sends it: to the tasks
+    submit = subprocess.run(["sbatch", "--parsable", "--job-name=illustrious-requeue", "--gpus-per-node=0",
+                             "--cpus-per-task=1", f"--output={log}", str(REPO / "scripts" / "sbatch_train.sh"),
+                             *REQUEUE_ARGS], cwd=REPO, env={**env(), "RUN_DIR": str(run), "PYTHON": sys.executable},
+                            capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 600
+        while logged_steps(run) < 2:
+            state = job_record(job).get("JobState")
+            assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"job {job} {state}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"job {job} made no progress:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+
+        deadline = time.monotonic() + 900  # the requeued job waits AuthInfo=cred_expire seconds before it starts
+        while (record := job_record(job)).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
+                                                                   "NODE_FAIL", "OUT_OF_MEMORY"):
+            assert time.monotonic() < deadline, f"job {job} still {record.get('JobState')}:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+    finally:  # nothing left running when the test fails
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
+        if sys.exc_info()[0] is not None:
+            reference_proc.kill()
+    output = log.read_text()
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), output[-4000:]
+
+    # the first start saved at the step the signal reached and requeued its own job; the second resumed from there
+    first, second = output.split(f"job {job} (restart 1)")
+    assert f"job {job} (restart 0)" in first and "Received SIGUSR2" in first, first[-3000:]
+    saved = int(re.search(r"Saved checkpoint at step (\d+)", first).group(1))
+    assert 2 <= saved < REQUEUE_STEPS, first[-3000:]
+    assert f"Requeued SLURM job {job}." in first or "requeued with SLURM" in first, first[-3000:]
+    assert f"Resuming from {run / 'checkpoints'}" in second, second[-3000:]
+    assert int(re.search(r"Saved checkpoint at step (\d+)", second).group(1)) > saved, second[-3000:]
+    assert load_checkpoint_file(run / "checkpoints" / "last.safetensors")["global_step"] == REQUEUE_STEPS
+    assert not list(run.rglob("hpc_ckpt*")), "Lightning's own SLURM checkpoint was written"
+
+    reference_out, _ = reference_proc.communicate(timeout=900)
+    assert reference_proc.returncode == 0, reference_out[-3000:]
+    reference, resumed = read_steps(straight / "steps.jsonl"), read_steps(run / "steps.jsonl")
+    assert sorted(reference) == sorted(resumed) == list(range(1, REQUEUE_STEPS + 1))
+    for step, expected in reference.items():
+        assert (resumed[step]["epoch"], resumed[step]["batch"]) == (expected["epoch"], expected["batch"]), step
+        assert abs(resumed[step]["loss"] - expected["loss"]) <= 1e-6, (step, resumed[step], expected)
