@@ -19,6 +19,10 @@ ClusterName=illustrious-ci
 SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job may start again cred_expire seconds (default 120) after the requeue, and is then started by the
+# next periodic scheduling pass (sched_interval, default 60 s): the requeue test's job waits ~15 s, not 1-3 minutes.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

@@ -1,7 +1,8 @@
 """Stop requests from the outside (a scheduler's SIGTERM, SLURM's requeue signal), turned into a checkpoint
 at the next step boundary and an exit status that says the run was interrupted.
 
-`listen()` installs handlers that only record the signal; `RunCheckpoint` (illustrious.callbacks.checkpointing)
+`listen()` (around the whole of `train()`, so a signal while the model still loads is kept, not fatal) installs
+handlers that only record the signal; `RunCheckpoint` (illustrious.callbacks.checkpointing)
 looks at `received()` after every step, saves, requeues under SLURM when the signal asked for it, and raises
 `TrainingInterrupted`, whose `exit_code` (128 + the signal number, as a shell reports a process killed by
 it: 143 for SIGTERM, 138 for SIGUSR1) the command line exits with. A scheduler therefore never records a

@@ -122,6 +122,27 @@ def resume_path(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     """Fit the configured module; returns the final metrics and the objects (trainer, module, datamodule)."""
     validate(cfg)
+    from illustrious import preemption
+
+    # Stop signals are recorded from here, not only once fit starts: SLURM's requeue signal while the model loads
+    # (minutes for real-size weights) would otherwise kill the process unrequeued; recorded, it is acted on at the
+    # end of the first step (checkpoint, `scontrol requeue`, exit 128+signal) like one that comes during training.
+    with preemption.listen():
+        trainer, module, datamodule = fit(cfg)
+
+    if getattr(module.backbone, "lora_settings", None) and trainer.is_global_zero:
+        save_lora_files(module.backbone, cfg.output_dir)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:  # one writer when several processes train
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def fit(cfg: DictConfig):
+    """Build the trainer, data, model and resume state a config describes, and fit; (trainer, module, datamodule)."""
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True)
@@ -147,17 +168,5 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         else:  # a verified sharded folder: only the sharded strategy reads it (without running pickled code)
             check_sharded_resume(trainer.strategy, resume[0])
         resume = None
-    from illustrious import preemption
-
-    with preemption.listen():  # SIGTERM/SIGUSR1: checkpoint at the step's end, then TrainingInterrupted
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-
-    if getattr(module.backbone, "lora_settings", None) and trainer.is_global_zero:
-        save_lora_files(module.backbone, cfg.output_dir)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-    metrics["global_step"] = trainer.global_step
-    if trainer.is_global_zero:  # one writer when several processes train
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer, module, datamodule

@@ -245,6 +245,7 @@ RUN = {
     "objective.timesteps.multiplier": number(2.0, above=0),
     "objective.timesteps.begin": number(0.5, min=0, max=1),
     "objective.timesteps.end": number(1.0, min=0, max=1),
+    "objective.timesteps.scale": number(1.29),
     "objective.weighting.gamma": number(5.0, above=0),
     "objective.weighting.max_snr": number(1000.0, above=0),
     "objective.noise.offset": number(0.05),
@@ -253,7 +254,7 @@ RUN = {
     "objective.noise.pyramid_discount": number(0.3, min=0, max=1),
     "objective.noise.input_perturbation": number(0.1, min=0),
     "objective.noise.input_perturbation_random_strength": boolean(),
-    "callbacks.checkpoint.every_n_train_steps": integer(200, min=1, null=True),
+    "callbacks.checkpoint.every_n_train_steps": integer(200, min=0),  # 0: only at the final step and on a signal
     "callbacks.samples.every_n_steps": integer(100, min=0),
     "callbacks.samples.num_prompts": integer(16, min=1),
     "callbacks.composition.num_samples": integer(64, min=1),

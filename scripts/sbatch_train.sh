@@ -9,7 +9,8 @@
 # ranks and the master address from SLURM, and trainer.devices/num_nodes are set from the allocation here.
 # 90 seconds before the time limit SLURM sends USR2 to every task (the signal submitit's hydra/launcher=slurm
 # uses too): the run saves its checkpoint at the end of the step, rank 0 runs `scontrol requeue`, and the tasks
-# exit with 140 (128 + SIGUSR2). Lightning's own SLURM auto-requeue is off (it would write hpc_ckpt_N.ckpt files
+# exit with 140 (128 + SIGUSR2); a signal that comes while the model is still loading is acted on after the first
+# step. Lightning's own SLURM auto-requeue is off (it would write hpc_ckpt_N.ckpt files
 # our loader does not read). The requeued job keeps its id, so it writes to the same RUN_DIR and resumes there
 # from the newest complete checkpoint. A preemption (SIGTERM) saves the same way and exits 143.
 #SBATCH --job-name=illustrious

@@ -74,7 +74,9 @@ class RunCheckpoint(Checkpoint):
         if 0 < trainer.max_steps <= trainer.global_step:
             return True
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        return bool(last_batch and trainer.max_epochs and trainer.current_epoch + 1 >= trainer.max_epochs)
+        # max_epochs -1 (what Lightning sets when only max_steps is given) means no epoch limit: no epoch is the last
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        return bool(last_batch and epochs and trainer.current_epoch + 1 >= epochs)
 
     # -- how ------------------------------------------------------------------------------------------------
     def save(self, trainer, pl_module) -> Path:

@@ -1,11 +1,17 @@
 from illustrious.objectives.base import Objective
 from illustrious.objectives.flow import FlowObjective
 from illustrious.objectives.noise import GaussianNoise
-from illustrious.objectives.timesteps import BiasedUniform, LogitNormal, TimestepSampler, Uniform
+from illustrious.objectives.timesteps import (
+    BiasedUniform,
+    LogitNormal,
+    ModeSampling,
+    TimestepSampler,
+    Uniform,
+)
 from illustrious.objectives.vp import DiscreteVPObjective, EpsilonObjective, VPredictionObjective
 from illustrious.objectives.weighting import DebiasedEstimation, MinSNR
 
 __all__ = [
     "Objective", "DiscreteVPObjective", "EpsilonObjective", "VPredictionObjective", "FlowObjective",
-    "TimestepSampler", "Uniform", "LogitNormal", "BiasedUniform", "MinSNR", "DebiasedEstimation", "GaussianNoise",
+    "TimestepSampler", "Uniform", "LogitNormal", "ModeSampling", "BiasedUniform", "MinSNR", "DebiasedEstimation", "GaussianNoise",
 ]

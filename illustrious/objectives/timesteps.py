@@ -1,6 +1,7 @@
 """Samplers of training times t in [0, 1] (0 = clean, 1 = noise).
 
-Each sampler draws from a base density on [0, 1] (`Uniform`, `LogitNormal`, `BiasedUniform`), then applies the
+Each sampler draws from a base density on [0, 1] (`Uniform`, `LogitNormal`, `ModeSampling`, `BiasedUniform`), then
+applies the
 options every sampler shares, in this order:
 
 1. a time shift towards noise, either fixed (`shift=s`, SD3: t' = s t / (1 + (s - 1) t)) or resolution-dependent
@@ -93,6 +94,25 @@ class LogitNormal(TimestepSampler):
     def base(self, n, generator, device):
         z = torch.randn(n, generator=generator, device=device)
         return torch.sigmoid(self.mean + self.std * z)
+
+
+class ModeSampling(TimestepSampler):
+    """SD3's "mode" density (Esser et al. 2024, eq. 20; diffusers' `compute_density_for_timestep_sampling("mode")`):
+    t = 1 - u - s (cos^2(pi u / 2) - 1 + u), u ~ U[0, 1). s > 0 peaks at the middle like the logit-normal but keeps
+    a density of 1 / (1 + s) at both ends, so the nearly pure-noise times (where only the prompt tells the global
+    colour) are still trained; s = 0 is uniform. Monotonic (a valid density) for -1 <= s <= 2 / (pi - 2).
+    """
+
+    def __init__(self, scale: float = 1.29, **shared):
+        super().__init__(**shared)
+        if not -1.0 <= scale <= 2 / (math.pi - 2):
+            raise ConfigError(f"objective.timesteps.scale={scale}: SD3's mode density needs -1 <= scale <= "
+                              f"{2 / (math.pi - 2):.3f} (1.29 in the paper).")
+        self.scale = scale
+
+    def base(self, n, generator, device):
+        u = torch.rand(n, generator=generator, device=device)
+        return 1 - u - self.scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
 
 
 class BiasedUniform(TimestepSampler):

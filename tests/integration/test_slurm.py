@@ -1,5 +1,7 @@
 """A real SLURM cluster (started by .ci/slurm_up.sh): a Hydra multirun through `hydra/launcher=slurm` whose
-jobs all finish and are gathered into one table, and a 2-task DDP training job through `srun`.
+jobs all finish and are gathered into one table, a 2-task DDP training job through `srun`, and a training job
+submitted with `scripts/sbatch_train.sh` that SLURM's requeue signal interrupts, which requeues itself and, requeued,
+resumes in the same run folder with the losses of an uninterrupted run.
 
 Skipped, with the reason, where no cluster answers (`sinfo` missing or no node up).
 """
@@ -9,13 +11,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
+from illustrious.callbacks.step_log import read_steps
+from illustrious.checkpoint_io import load_checkpoint_file
 from tests.conftest import FAST, REPO
+from tests.integration.test_resume import logged_steps
 
 
 def cluster_problem() -> str | None:
@@ -80,3 +87,97 @@ def test_two_task_ddp_job_through_srun(tmp_path):
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in out and "GLOBAL_RANK: 1, MEMBER: 2/2" in out
     assert not (run_dir / "train_ddp_process_1.log").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 2
+
+
+# The requeue job: lumina_tiny as in test_resume_slurm_signal.py, with steps enough that the job is still training
+# when the second signal (sent 2 steps into its second start) arrives on a loaded machine.
+REQUEUE_STEPS = 24
+REQUEUE_ARGS = [o for o in FAST if not o.startswith(("trainer.max_steps", "data.length"))] + [
+    f"trainer.max_steps={REQUEUE_STEPS}", "data.length=16", "callbacks.checkpoint.every_n_train_steps=100",
+    "callbacks.samples=null", "callbacks.composition=null", "callbacks.progress=null", "backbone=lumina_tiny"]
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def job_record(job: str) -> dict[str, str]:
+    """`scontrol show job`'s Key=Value fields (SLURM keeps a finished job's record for MinJobAge, 300 s)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(condition, job: str, log, what: str, timeout: float = 900) -> None:
+    """Poll `condition()` every 50 ms (and the job's state every 2 s) until it holds; fail if the job ended first."""
+    deadline, polls = time.monotonic() + timeout, 0
+    while not condition():
+        if polls % 40 == 0:
+            state = job_record(job).get("JobState")
+            assert state not in ENDED, f"job {job} {state} before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"job {job}: no {what} after {timeout} s:\n{log.read_text()[-3000:]}"
+        polls += 1
+        time.sleep(0.05)
+
+
+def saved_steps(text: str) -> list[int]:
+    return [int(s) for s in re.findall(r"Saved checkpoint at step (\d+)", text)]
+
+
+def test_requeue_signals_on_an_sbatch_job_requeue_it_and_it_resumes_exactly(tmp_path):
+    """USR2 twice, as SLURM sends it (to the job's tasks, not the batch shell): first while the model is still being
+    built, then mid-training. Each time the run saves at the end of the step, requeues its own job and SLURM starts
+    it again in the same run folder; the per-step losses equal an uninterrupted run's."""
+    straight = tmp_path / "straight"  # the uninterrupted reference runs outside SLURM meanwhile
+    reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *REQUEUE_ARGS,
+                                       f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "job"
+    log = tmp_path / "slurm.out"
+    # scripts/sbatch_train.sh as a user submits it (--requeue, --signal=USR2@90, --open-mode=append), sized to this
+    # CPU node; its 24 h limit is far away, so the signals come from scancel, which sends them where SLURM does
+    submit = subprocess.run(["sbatch", "--parsable", "--job-name=illustrious-requeue", "--gpus-per-node=0",
+                             "--cpus-per-task=1", f"--output={log}", str(REPO / "scripts" / "sbatch_train.sh"),
+                             *REQUEUE_ARGS], cwd=REPO, env={**env(), "RUN_DIR": str(run), "PYTHON": sys.executable},
+                            capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+    try:
+        # 1. train() has started (Lightning's seed line) but no step has run: the model is being built
+        wait_for(lambda: "Seed set to" in text(), job, log, "the first start's seed line")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+        # 2. two steps into the second start
+        wait_for(lambda: f"job {job} (restart 1)" in text() and saved_steps(text()), job, log, "the second start")
+        resumed_at = saved_steps(text())[0]
+        wait_for(lambda: logged_steps(run) >= resumed_at + 2, job, log, "two steps of the second start")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+        # 3. the third start trains to the end (a requeued job waits AuthInfo=cred_expire seconds to start again)
+        deadline = time.monotonic() + 900
+        while (record := job_record(job)).get("JobState") not in ENDED:
+            assert time.monotonic() < deadline, f"job {job} still {record.get('JobState')}:\n{text()[-3000:]}"
+            time.sleep(1)
+    finally:  # nothing left running when the test fails
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
+        if sys.exc_info()[0] is not None:
+            reference_proc.kill()
+    output = text()
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "2"), output[-4000:]
+
+    starts = output.split(f"job {job} (restart ")[1:]
+    assert [s[:2] for s in starts] == ["0)", "1)", "2)"], output[-4000:]
+    checkpoints = run / "checkpoints"
+    for start in starts[:2]:  # each interrupted start wrote one checkpoint, at the step it acted on the signal
+        assert "Received SIGUSR2" in start and f"Requeued SLURM job {job}." in start, start[-3000:]
+        assert len(saved_steps(start)) == 1, start[-3000:]
+    # the first signal came before training began: it was kept, and acted on at the end of the first step
+    assert starts[0].index("Received SIGUSR2") < starts[0].index("Memory check"), starts[0][-3000:]
+    assert saved_steps(starts[0]) == [1], starts[0][-3000:]
+    assert f"Resuming from {checkpoints}" in starts[1] and 2 < saved_steps(starts[1])[0] < REQUEUE_STEPS, starts[1][-3000:]
+    assert f"Resuming from {checkpoints}" in starts[2] and saved_steps(starts[2]) == [REQUEUE_STEPS], starts[2][-3000:]
+    assert load_checkpoint_file(checkpoints / "last.safetensors")["global_step"] == REQUEUE_STEPS
+    assert not list(run.rglob("hpc_ckpt*")), "Lightning's own SLURM checkpoint was written"
+
+    reference_out, _ = reference_proc.communicate(timeout=900)
+    assert reference_proc.returncode == 0, reference_out[-3000:]
+    reference, resumed = read_steps(straight / "steps.jsonl"), read_steps(run / "steps.jsonl")
+    assert sorted(reference) == sorted(resumed) == list(range(1, REQUEUE_STEPS + 1))
+    for step, expected in reference.items():
+        assert (resumed[step]["epoch"], resumed[step]["batch"]) == (expected["epoch"], expected["batch"]), step
+        assert abs(resumed[step]["loss"] - expected["loss"]) <= 1e-6, (step, resumed[step], expected)

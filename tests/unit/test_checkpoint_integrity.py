@@ -200,3 +200,20 @@ def test_a_bad_explicit_ckpt_path_is_named(tmp_path):
     start.write_bytes(start.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"start\.safetensors is truncated"):
         resume_checkpoint(tmp_path / "run", ckpt_path=str(start))
+
+
+@pytest.mark.parametrize(("max_epochs", "current_epoch", "final"), [(-1, 0, False), (-1, 5, False), (2, 0, False),
+                                                                    (2, 1, True)])
+def test_only_the_last_epoch_of_an_epoch_limit_ends_the_run(max_epochs, current_epoch, final):
+    """At an epoch's last batch RunCheckpoint saves only when that epoch ends the run; -1 (Lightning's value when
+    only max_steps is set) means no epoch limit, so a max_steps run does not write a checkpoint every epoch."""
+    import lightning as L
+
+    from illustrious.callbacks.checkpointing import RunCheckpoint
+
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=24, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit_loop.epoch_loop.batch_progress.is_last_batch = True
+    trainer.fit_loop.epoch_progress.current.completed = current_epoch
+    assert trainer.current_epoch == current_epoch
+    assert RunCheckpoint._is_final(trainer) is final

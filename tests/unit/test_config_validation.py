@@ -55,6 +55,9 @@ def test_the_three_reported_cases():
     ("data.batch_size=0", "data.batch_size=0: needs a whole number (int) >= 1, e.g. data.batch_size=8"),
     ("data.width=32.5", "data.width=32.5: needs a whole number (int) >= 1, e.g. data.width=32"),
     ("captions.dropout=2", "captions.dropout=2: needs a number (float) >= 0 and <= 1, e.g. captions.dropout=0.1"),
+    ("callbacks.checkpoint.every_n_train_steps=null",  # RunCheckpoint needs a number: 0 is "final step and signals"
+     "callbacks.checkpoint.every_n_train_steps=null: needs a whole number (int) >= 0, e.g. "
+     "callbacks.checkpoint.every_n_train_steps=200"),
     ("trainer.enable_progress_bar=maybe",
      "trainer.enable_progress_bar='maybe': needs true or false (or null), e.g. trainer.enable_progress_bar=true"),
 ])
@@ -93,7 +96,7 @@ def test_rules_relating_keys():
 def test_valid_values_pass():
     validate(compose_conf("config", "trainer.max_steps=-1", "trainer.max_epochs=2", "optim.lr=0",
                           "optim.text_encoder_lr=1e-5", "trainer.precision=bf16-mixed", "sampling.shift=3",
-                          "trainer.gradient_clip_val=null", "optim.lr=1"))
+                          "trainer.gradient_clip_val=null", "optim.lr=1", "callbacks.checkpoint.every_n_train_steps=0"))
 
 
 GROUP_OPTIONS = [f"{group.name}={option.stem}" for group in sorted(CONF_DIR.iterdir())

@@ -106,6 +106,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling  # no
 from illustrious.errors import ConfigError  # noqa: E402
 from illustrious.objectives.timesteps import (  # noqa: E402
     BiasedUniform,
+    ModeSampling,
     resolution_mu,
     resolution_shift_time,
 )
@@ -118,6 +119,23 @@ def test_logit_normal_is_sd3s_density(shift):
                                               generator=torch.Generator().manual_seed(0))
     t = LogitNormal(mean=0.3, std=1.2, shift=shift)(64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(t, u if shift is None else shift * u / (1 + (shift - 1) * u))
+
+
+def test_mode_is_sd3s_mode_density():
+    """diffusers' SD3 training scripts' weighting_scheme="mode": u ~ U, t = 1 - u - s (cos^2(pi u / 2) - 1 + u)."""
+    u = compute_density_for_timestep_sampling("mode", 64, mode_scale=1.29, generator=torch.Generator().manual_seed(0))
+    t = ModeSampling(scale=1.29)(64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t, u)
+
+
+def test_mode_keeps_density_at_the_ends_and_peaks_in_the_middle():
+    """Density 1 / (1 + s) at t = 0 and t = 1 (the logit-normal's vanishes there), and above 1 in the middle."""
+    t = ModeSampling(scale=1.29)(400_000, generator=torch.Generator().manual_seed(0))
+    hist = torch.histc(t, bins=20, min=0, max=1) / len(t) * 20
+    torch.testing.assert_close(hist[[0, -1]], torch.full((2,), 1 / 2.29), atol=0.03, rtol=0)
+    assert hist[9] > 2.5 and hist[10] > 2.5  # the exact density is 1 / (1 + s - s pi / 2) = 3.8 at t = 0.5
+    with pytest.raises(ConfigError, match="objective.timesteps.scale"):
+        ModeSampling(scale=2.0)
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 6.0])
