@@ -126,8 +126,15 @@ class TagCaptions:
         own = record["sections"]
         words: list[str] = []  # the prompt's words, section after section
         pooled: list[tuple[int, int, bool]] = []  # (start, end, shuffled) of the droppable sections in `words`
+        rating_tags = self.rating_tags
         for name, field, keep_prob, weak, shuffle, droppable in self._steps:
-            section = self.derived(record, name, field) if field else own.get(name)
+            if not field:
+                section = own.get(name)
+            elif name == "control":
+                section = record[field]
+            else:  # one tag (`derived`, inlined: this runs for every step of every draw)
+                tag = rating_tags.get(record[field] or "", "") if name == "rating" else record[field]
+                section = [tag] if tag else None
             if not section or (keep_prob < 1.0 and draw() >= keep_prob):
                 continue
             if weak:  # one draw per tag; a lone name (the usual character or artist) without building a list
