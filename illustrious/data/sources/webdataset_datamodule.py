@@ -69,7 +69,8 @@ class HeldOutStream(IterableDataset):
 
 def shards_digest(urls: list[str]) -> str:
     """A digest of the shard list: each URL, and for local files their size and modification time (a rewritten
-    shard is another shard; tar pads members to 512 bytes, so a size alone could miss an edited caption)."""
+    shard is another shard; tar pads members to 512 bytes, so a size alone could miss an edited caption). Remote
+    shards are known by their URL only."""
     h = hashlib.blake2b(digest_size=16)
     for url in urls:
         stat = None if url.startswith(REMOTE) else Path(url).expanduser().stat()
@@ -213,7 +214,8 @@ class WebDataModule(BucketedDataModule):
         if not self.val_urls:
             return []
         rank, world = self.rank_and_world()
-        return DataLoader(HeldOutStream(self.val_urls, self.batcher(drop_last=False), rank, world), batch_size=None, num_workers=0)
+        return DataLoader(HeldOutStream(self.val_urls, self.batcher(drop_last=False), rank, world), batch_size=None,
+                          num_workers=0)
 
     # -- resuming -----------------------------------------------------------------------------------------
     def layout(self) -> dict:
