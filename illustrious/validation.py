@@ -246,6 +246,7 @@ RUN = {
     "objective.timesteps.begin": number(0.5, min=0, max=1),
     "objective.timesteps.end": number(1.0, min=0, max=1),
     "objective.timesteps.scale": number(1.29),
+    "objective.timesteps.uniform_fraction": number(0.1, min=0, max=1),
     "objective.weighting.gamma": number(5.0, above=0),
     "objective.weighting.max_snr": number(1000.0, above=0),
     "objective.noise.offset": number(0.05),

@@ -4,6 +4,9 @@ Each sampler draws from a base density on [0, 1] (`Uniform`, `LogitNormal`, `Mod
 applies the
 options every sampler shares, in this order:
 
+0. a uniform share (`uniform_fraction=p`): each draw is taken from U[0, 1) with probability p instead of the
+   density, so no time is left untrained (a density whose tails vanish, like the logit-normal's, never teaches
+   the model what only the prompt can tell at t near 1);
 1. a time shift towards noise, either fixed (`shift=s`, SD3: t' = s t / (1 + (s - 1) t)) or resolution-dependent
    (`resolution_shift=True`, Flux / Lumina-2: the same map with s = exp(mu), mu linear in the image token count
    from 256 tokens -> 0.5 to 4096 -> 1.15);
@@ -47,8 +50,11 @@ class TimestepSampler(nn.Module):
     """A base density on [0, 1] (subclasses), then an optional shift and an optional restricted range."""
 
     def __init__(self, shift: float | None = None, resolution_shift: bool = False, t_min: float = 0.0,
-                 t_max: float = 1.0):
+                 t_max: float = 1.0, uniform_fraction: float = 0.0):
         super().__init__()
+        if not 0.0 <= uniform_fraction <= 1.0:
+            raise ConfigError(f"objective.timesteps.uniform_fraction={uniform_fraction}: must be in [0, 1].")
+        self.uniform_fraction = uniform_fraction
         if shift is not None and shift <= 0:
             raise ConfigError(f"objective.timesteps.shift={shift}: a timestep shift must be > 0 (1 = no shift).")
         if shift is not None and resolution_shift:
@@ -65,6 +71,9 @@ class TimestepSampler(nn.Module):
     def forward(self, n: int, *, generator: torch.Generator | None = None, image_seq_len: int | None = None,
                 device: torch.device | str | None = None) -> Tensor:
         t = self.base(n, generator, device)
+        if self.uniform_fraction > 0:  # drawn only when asked, so runs without it keep their random stream
+            uniform = torch.rand(n, generator=generator, device=device)
+            t = torch.where(torch.rand(n, generator=generator, device=device) < self.uniform_fraction, uniform, t)
         if self.shift is not None:
             t = shift_time(t, self.shift)
         elif self.resolution_shift:
