@@ -179,7 +179,10 @@ class WebDataModule(BucketedDataModule):
         """What a text cache's entries depend on besides the captions and encoders: which samples there are (the
         shards, the settings that keep or drop a sample) and how their caption records are read."""
         keep = {k: getattr(self.settings, k) for k in ("min_side", "max_aspect", "bomb_pixels")}
-        return (f"webdataset(txt_style={self.txt_style}, require_caption={self.require_caption}, {keep}, "
+        # records=structured: caption records built by the folder source's builder (categories, derived tags);
+        # caches built when the stream read plain caption strings are refused
+        return (f"webdataset(records=structured, txt_style={self.txt_style}, "
+                f"require_caption={self.require_caption}, {keep}, "
                 f"shards={shards_digest(self.urls)})")
 
     def batcher(self, drop_last: bool, text_cache=None) -> BucketBatcher:

@@ -14,6 +14,11 @@ Every sample has a stable key, (shard index, position in the shard), and its cap
 (`ShardStream.resume_at`) replays each worker's batches of the epoch up to its position without decoding them
 (only tar headers and JSON metadata are read) and continues with the next one. `ShardCaptions` reads every
 sample's caption record under the same key, in key order, for a text-embedding cache.
+
+A sample's caption record is built by `loading.sample.caption_record`, the folder source's builder, from the
+fields `make_shards` writes into its JSON (caption, tags by category, rating, and the annotation command's
+score/year/control tags where the folder was annotated): a folder and its shards give the same captions.
+Shards without those fields (older ones, or plain image + .txt tars) build the record from what they have.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from illustrious.data.images.buckets import BucketSet
 from illustrious.data.images.decode import ImageError, image_extensions, read_header
 from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
-from illustrious.data.index.labels import caption_variants, has_caption
+from illustrious.data.index.labels import has_caption
 from illustrious.data.index.sidecars import TAG_CATEGORIES
 from illustrious.data.loading.batching import CAPTION_KEY, Collate, LoadedBatch
-from illustrious.data.loading.sample import sample_record
+from illustrious.data.loading.sample import CAPTION_FIELDS, caption_record, sample_record
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = frozenset(ext.lstrip(".") for ext in image_extensions())
@@ -132,6 +137,10 @@ class BucketBatcher:
                 skipped.append((path, "caption_undecodable: not UTF-8 text"))
         tags = {c: list((meta.get("tags") or {}).get(c) or []) for c in TAG_CATEGORIES}
         meta.update(path=path, tags=tags)
+        problem = derived_field_problem(meta)
+        if problem:
+            skipped.append((path, f"json_broken: {problem}"))
+            return None
         if SHARD_KEY in raw:
             meta[CAPTION_KEY] = sample_key(raw[SHARD_KEY], raw[POSITION_KEY])
         w, h = int(meta["width"]), int(meta["height"])
@@ -144,9 +153,11 @@ class BucketBatcher:
             return None
         return meta, data
 
-    def caption_record(self, meta: dict) -> dict[str, str]:
-        """What the caption pipeline reads for a parsed sample (its `captions`)."""
-        return caption_variants(meta.get("caption"), meta["tags"], self.txt_style)
+    def caption_record(self, meta: dict) -> dict:
+        """What the caption pipeline reads for a parsed sample (its `captions`): the folder source's record."""
+        row = {c: meta.get(c) for c in CAPTION_FIELDS}
+        row.update((f"tags_{c}", names) for c, names in meta["tags"].items())
+        return caption_record(row, self.txt_style, meta["tags"])
 
     def decode(self, bucket: int, group: list, skipped: list, epoch: int = 0) -> dict | None:
         bucket_w, bucket_h = self.buckets[bucket]
@@ -170,6 +181,17 @@ class BucketBatcher:
         decoded = len(samples)
         samples.extend(samples[i % decoded] for i in range(self.batch_size - decoded))  # fill up from the bucket
         return self.collate(LoadedBatch(samples[:self.batch_size], list(skipped)))
+
+
+def derived_field_problem(meta: dict) -> str | None:
+    """Why a sample's derived caption fields cannot be used (None when absent or well-formed)."""
+    for field in ("rating", "score_tag", "year_tag"):
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            return f"{field} must be a string, got {type(meta[field]).__name__}"
+    control = meta.get("control_tags")
+    if control is not None and not (isinstance(control, list) and all(isinstance(t, str) for t in control)):
+        return "control_tags must be a list of strings"
+    return None
 
 
 class ShardStream(IterableDataset):
