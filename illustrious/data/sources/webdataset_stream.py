@@ -5,7 +5,9 @@ Per worker and epoch the stream is a pure function of (seed, epoch, rank, worker
 over the shards is shuffled from (seed, epoch, pass) and split by rank, then by DataLoader worker; samples go
 through a shuffle buffer seeded from (seed, epoch, rank, worker, pass); `BucketBatcher` keeps undecoded samples
 per bucket and decodes a batch when its bucket has `batch_size` of them, so every batch is one bucket and the
-memory held is compressed bytes. When the buffer holds too many samples, the fullest bucket is filled up with
+memory held is compressed bytes. With `chunks` (data.group_by_chunks) a batch also holds one SDXL chunk count:
+samples are kept per (bucket, chunks its caption of this epoch needs), the caption being the one `Collate` will
+draw for it from (seed, epoch, key). When the buffer holds too many samples, the fullest bucket is filled up with
 repeats of its own samples and emitted. A sample that fails to decode is skipped and reported in the batch's
 `skipped`; the batch is completed from the same bucket, so no batch is short.
 
@@ -27,7 +29,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 import numpy as np
@@ -66,15 +68,17 @@ class BucketBatcher:
     """A pipeline stage: samples in, collated one-bucket batches out."""
 
     def __init__(self, buckets: BucketSet, settings: ImageSettings, batch_size: int, collate: Collate,
-                 buffer: int = 512, require_caption: bool = True, txt_style: str = "tags", drop_last: bool = False):
+                 buffer: int = 512, require_caption: bool = True, txt_style: str = "tags", drop_last: bool = False,
+                 chunks: Callable[[str], int] | None = None):
         self.buckets, self.settings, self.batch_size, self.collate = buckets, settings, batch_size, collate
         self.buffer = max(buffer, batch_size)
         self.require_caption, self.txt_style, self.drop_last = require_caption, txt_style, drop_last
+        self.chunks = chunks  # prompt -> SDXL chunks it needs (chunk_groups.PromptChunks), or None: no grouping
 
     def __call__(self, samples: Iterable[dict], epoch: int = 0, skip: int = 0) -> Iterator[dict]:
         """Batches of `samples` (of `epoch`, for their caption keys); the first `skip` batches are formed but
         neither decoded nor yielded (a resumed stream's replay)."""
-        pending: dict[int, list[tuple[dict, bytes]]] = {}  # bucket -> (metadata, undecoded image)
+        pending: dict[tuple[int, int], list[tuple[dict, bytes]]] = {}  # (bucket, chunks) -> (metadata, image)
         held = 0
         skipped: list[tuple[str, str]] = []
         for raw in samples:
@@ -83,17 +87,18 @@ class BucketBatcher:
                 continue
             meta, data = parsed
             bucket = int(self.buckets.assign([meta["width"]], [meta["height"]], self.settings.max_pixels)[0])
+            bucket = (bucket, self.chunk_count(meta, epoch))
             pending.setdefault(bucket, []).append((meta, data))
             held += 1
             if len(pending[bucket]) >= self.batch_size or held > self.buffer:
-                if len(pending[bucket]) < self.batch_size:  # buffer full: emit the fullest bucket, filled up
+                if len(pending[bucket]) < self.batch_size:  # buffer full: emit the fullest group, filled up
                     bucket = max(pending, key=lambda b: len(pending[b]))
                 group = pending.pop(bucket)
                 held -= len(group)
                 if skip:  # replaying up to a resume position
                     skip -= 1
                     continue
-                batch = self.decode(bucket, group, skipped, epoch)
+                batch = self.decode(bucket[0], group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
@@ -102,10 +107,17 @@ class BucketBatcher:
                 if skip:
                     skip -= 1
                     continue
-                batch = self.decode(bucket, group, skipped, epoch)
+                batch = self.decode(bucket[0], group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
+
+    def chunk_count(self, meta: dict, epoch: int) -> int:
+        """SDXL chunks the caption this sample trains on at `epoch` needs (0 without grouping)."""
+        if self.chunks is None or CAPTION_KEY not in meta:
+            return 0
+        key = self.collate.drawn_key(CaptionKey(self.collate.seed, epoch, meta[CAPTION_KEY]))
+        return self.chunks(self.collate.captions(self.caption_record(meta), key))
 
     def parse(self, raw: dict, skipped: list) -> tuple[dict, bytes] | None:
         """Metadata and image bytes of a sample, or None (filtered, or broken and recorded in `skipped`)."""
