@@ -38,8 +38,6 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.images.settings import ImageSettings
-from illustrious.data.index.labels import caption_variants
-from illustrious.data.index.sidecars import TAG_CATEGORIES
 from illustrious.data.loading.chunk_groups import prompt_chunks_for
 from illustrious.data.loading.text_cache import open_text_cache
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
@@ -47,8 +45,10 @@ from illustrious.data.sources.webdataset_stream import (
     BucketBatcher,
     ShardCaptions,
     ShardStream,
+    derived_field_problem,
     per_worker,
     read_shard,
+    shard_caption_record,
 )
 from illustrious.data.storage.shard_writer import INDEX
 from illustrious.errors import ConfigError
@@ -282,8 +282,9 @@ class WebDataModule(BucketedDataModule):
                 meta = json.loads(raw["json"])
             except (KeyError, ValueError):
                 continue
-            tags = {c: (meta.get("tags") or {}).get(c) or [] for c in TAG_CATEGORIES}
-            prompt = pick(caption_variants(meta.get("caption"), tags, self.txt_style), rng)
+            if not isinstance(meta, dict) or derived_field_problem(meta):
+                continue
+            prompt = pick(shard_caption_record(meta, self.txt_style), rng)
             if prompt:
                 prompts.append(prompt)
             if len(prompts) == n:

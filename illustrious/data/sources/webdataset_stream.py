@@ -167,9 +167,7 @@ class BucketBatcher:
 
     def caption_record(self, meta: dict) -> dict:
         """What the caption pipeline reads for a parsed sample (its `captions`): the folder source's record."""
-        row = {c: meta.get(c) for c in CAPTION_FIELDS}
-        row.update((f"tags_{c}", names) for c, names in meta["tags"].items())
-        return caption_record(row, self.txt_style, meta["tags"])
+        return shard_caption_record(meta, self.txt_style)
 
     def decode(self, bucket: int, group: list, skipped: list, epoch: int = 0) -> dict | None:
         bucket_w, bucket_h = self.buckets[bucket]
@@ -193,6 +191,15 @@ class BucketBatcher:
         decoded = len(samples)
         samples.extend(samples[i % decoded] for i in range(self.batch_size - decoded))  # fill up from the bucket
         return self.collate(LoadedBatch(samples[:self.batch_size], list(skipped)))
+
+
+def shard_caption_record(meta: dict, txt_style: str) -> dict:
+    """A shard sample's caption record from its JSON metadata (`tags` by category), by the folder source's
+    builder: the metadata flattened to the manifest row's columns."""
+    tags = {c: list((meta.get("tags") or {}).get(c) or []) for c in TAG_CATEGORIES}
+    row = {c: meta.get(c) for c in CAPTION_FIELDS}
+    row.update((f"tags_{c}", names) for c, names in tags.items())
+    return caption_record(row, txt_style, tags)
 
 
 def derived_field_problem(meta: dict) -> str | None:
