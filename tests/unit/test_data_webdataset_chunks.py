@@ -98,3 +98,23 @@ def test_needs_a_backbone_with_chunked_encoders(tmp_path):
     dm.trainer = trainer(None)
     with pytest.raises(ConfigError, match="group_by_chunks needs the module's backbone"):
         dm.setup("fit")
+
+
+def test_trains_two_steps_with_chunk_groups(tmp_path, make_config):
+    """Through train(): the data module takes the tokenizers from the fitted module's backbone."""
+    import json
+    import math
+
+    from illustrious.train import train
+    from tests.integration.test_data_training import FAST_FOLDER
+    from tests.unit.test_data_folder import SMALL_OVERRIDES
+
+    shards(tmp_path, shard_size=5)
+    cfg = make_config("data=webdataset", f"data.urls={tmp_path / 'shards'}", "backbone=sdxl_tiny",
+                      "backbone.tokenizer_max_length=12", *SMALL_OVERRIDES, *FAST_FOLDER, "data.group_by_chunks=true",
+                      "captions.dropout=0.3", "callbacks.samples=null", "callbacks.composition=null", fast=False,
+                      output_dir=tmp_path / "run")
+    metrics, objects = train(cfg)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert metrics["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert objects["datamodule"].stream.batcher.chunks is not None
