@@ -4,6 +4,8 @@ Each epoch, before it starts, every sample's caption for that epoch is drawn (th
 a pure function of (seed, epoch, index)) and tokenized; its chunk count is the most any chunked CLIP
 encoder of the backbone needs (`prompt_chunks.chunk_count`: ceil(tokens / 75), at least 1, at most
 `max_chunks`). `BucketBatchSampler(chunk_counts=...)` then puts equal counts side by side in each bucket.
+Streams (data=webdataset) count per sample as it arrives: `PromptChunks` (tokenizers only, so it travels to
+loader workers without the text encoders' weights), which the stream's bucket batcher groups by.
 """
 
 from __future__ import annotations
@@ -38,13 +40,40 @@ class ChunkCounts:
         return counts
 
 
+class PromptChunks:
+    """prompt -> chunks it needs: the most any chunked encoder needs (the same count as `ChunkCounts`)."""
+
+    def __init__(self, encoders: Sequence):
+        if not encoders:
+            raise ConfigError("data.group_by_chunks=true needs a backbone whose prompts are cut into chunks (SDXL's "
+                              "CLIP encoders, backbone.max_chunks); this one has none. Set data.group_by_chunks=false.")
+        # the tokenizers and limits only; tokenized as the encoders' own `token_ids` does (no special tokens,
+        # untruncated)
+        self.tokenizers = [(e.tokenizer, e.tokenizer.model_max_length - 2, e.max_chunks) for e in encoders]
+
+    def __call__(self, prompt: str) -> int:
+        need = 1
+        for tokenizer, piece, max_chunks in self.tokenizers:
+            ids = tokenizer([prompt], add_special_tokens=False, truncation=False, verbose=False).input_ids[0]
+            need = max(need, chunk_count(len(ids), piece, max_chunks))
+        return need
+
+
 def chunked_encoders(backbone) -> list:
     """The backbone's prompt encoders that cut prompts into chunks."""
     return [e for e in backbone.text_encoders.values() if hasattr(e, "max_chunks") and hasattr(e, "token_ids")]
 
 
-def chunk_counts_for(trainer, sources: Sequence, caption: Callable) -> ChunkCounts:
+def _backbone(trainer):
     backbone = getattr(getattr(trainer, "lightning_module", None), "backbone", None)
     if backbone is None:
         raise ConfigError("data.group_by_chunks needs the module's backbone (its tokenizers); this module has none.")
-    return ChunkCounts(sources, caption, chunked_encoders(backbone))
+    return backbone
+
+
+def chunk_counts_for(trainer, sources: Sequence, caption: Callable) -> ChunkCounts:
+    return ChunkCounts(sources, caption, chunked_encoders(_backbone(trainer)))
+
+
+def prompt_chunks_for(trainer) -> PromptChunks:
+    return PromptChunks(chunked_encoders(_backbone(trainer)))

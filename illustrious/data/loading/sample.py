@@ -13,10 +13,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from illustrious.data.captions.source import record_from_row
+from illustrious.data.index.labels import caption_variants
+from illustrious.data.index.sidecars import TAG_CATEGORIES
+
 SIZE_KEYS = ("original_size", "crop_top_left", "target_size")
+# what a sample's caption record is built from besides `tags_<category>`: a manifest row's columns (with the
+# annotation command's derived columns where annotated), and the same fields of a shard sample's JSON
+CAPTION_FIELDS = ("caption", "rating", "score_tag", "year_tag", "control_tags")
 Sizes = tuple[Sequence[int], Sequence[int], Sequence[int]]  # original_size, crop_top_left, target_size
 
 
@@ -29,3 +36,12 @@ def sample_record(captions: dict[str, str] | str, sizes: Sizes, *, pixels: Any =
     image = {"pixels": pixels} if pixels is not None else {"latents": latents}
     return {**image, "captions": captions, "original_size": tuple(original), "crop_top_left": tuple(crop),
             "target_size": tuple(target), **extra}
+
+
+def caption_record(row: Mapping, txt_style: str = "tags", tags: Mapping[str, list[str]] | None = None) -> dict:
+    """The caption record of one sample, from a manifest row or a shard sample's metadata flattened to the same
+    columns (`caption`, `rating`, `tags_<category>`, and the derived `score_tag`, `year_tag`, `control_tags`
+    where annotated): tags by section for captions=illustrious/bigasp, and the plain variants for plain. Every
+    source builds its records here, so a folder and the shards written from it give the same captions."""
+    tags = tags if tags is not None else {c: row.get(f"tags_{c}") or [] for c in TAG_CATEGORIES}
+    return record_from_row(row, txt_style, variants=caption_variants(row.get("caption"), tags, txt_style))

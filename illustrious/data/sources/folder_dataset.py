@@ -14,14 +14,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from illustrious.data.captions.source import record_from_row
 from illustrious.data.images.decode import ImageError
 from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
-from illustrious.data.index.labels import caption_variants
 from illustrious.data.index.sidecars import TAG_CATEGORIES
 from illustrious.data.loading.batching import CROP_STREAM, LoadedBatch, sample_rng
-from illustrious.data.loading.sample import sample_record
+from illustrious.data.loading.sample import caption_record, sample_record
 from illustrious.data.storage.latent_cache import LatentCache, stamp
 
 MAX_REPLACEMENTS = 16  # tries per failed sample before the bucket is declared unusable
@@ -58,8 +56,7 @@ class FolderSamples:
 
     def caption_record(self, row: dict, tags: dict | None = None) -> dict:
         """The caption record: tags by section for captions=illustrious/bigasp, the plain variants for plain."""
-        tags = tags if tags is not None else {c: row[f"tags_{c}"] or [] for c in TAG_CATEGORIES}
-        return record_from_row(row, self.txt_style, variants=caption_variants(row["caption"], tags, self.txt_style))
+        return caption_record(row, self.txt_style, tags)
 
     def caption_source(self, index: int) -> dict:
         """Sample `index`'s caption record, without loading its image (text caches, chunk grouping)."""

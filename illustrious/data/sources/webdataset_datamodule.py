@@ -14,6 +14,10 @@ per sample keyed by the stream's sample keys, built on first use by reading ever
 (no image is decoded), and refused when the shards (URLs, sizes, modification times), the caption settings or
 the text encoders differ from those it was built from.
 
+With `group_by_chunks` (SDXL) a training batch holds samples of one aspect bucket and one prompt chunk count
+(the chunks its caption of this epoch needs; sources/webdataset_stream.py), so short prompts are not padded to
+the longest.
+
 Validation reads held-out shards, named (`val_urls`, taken out of the training list if they are in it) or
 the last `val_shards` of the list, in order, without shuffling; rank r takes batches r, r + world, ...
 """
@@ -34,22 +38,24 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.images.settings import ImageSettings
-from illustrious.data.index.labels import caption_variants
-from illustrious.data.index.sidecars import TAG_CATEGORIES
+from illustrious.data.loading.chunk_groups import prompt_chunks_for
 from illustrious.data.loading.text_cache import open_text_cache
 from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
 from illustrious.data.sources.webdataset_stream import (
     BucketBatcher,
     ShardCaptions,
     ShardStream,
+    derived_field_problem,
     per_worker,
     read_shard,
+    shard_caption_record,
 )
 from illustrious.data.storage.shard_writer import INDEX
 from illustrious.errors import ConfigError
 
 log = logging.getLogger(__name__)
 REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://")
+LAYOUT_DEFAULTS = {"group_by_chunks": False}  # layout keys added later: their value in older checkpoints
 
 
 class HeldOutStream(IterableDataset):
@@ -89,8 +95,11 @@ class WebDataModule(BucketedDataModule):
                  require_caption: bool = True, txt_style: str = "tags", images: ImageSettings | None = None,
                  drop_last: bool = False, batch_size: int = 8, num_workers: int = 4, seed: int = 0,
                  captions: CaptionPipeline | None = None, val_urls: str | list[str] | None = None,
-                 val_shards: int = 0, text_cache: str | None = None, text_cache_variants: int = 4):
+                 val_shards: int = 0, text_cache: str | None = None, text_cache_variants: int = 4,
+                 group_by_chunks: bool = False):
         super().__init__(images, batch_size, num_workers, seed, captions)
+        self.group_by_chunks = group_by_chunks
+        self.prompt_chunks = None  # chunk_groups.PromptChunks from the backbone's tokenizers (setup)
         self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
         self.texts = None  # the opened TextEmbeddingCache (setup)
         if val_shards < 0:
@@ -174,20 +183,26 @@ class WebDataModule(BucketedDataModule):
             sources = ShardCaptions(self.urls, self.batcher(drop_last=self.drop_last))
             self.texts = open_text_cache(self.text_cache, self.text_cache_variants, self.seed, sources,
                                          self.caption_pipeline, self.data_signature(), self.trainer)
+        if self.group_by_chunks and self.prompt_chunks is None:
+            self.prompt_chunks = prompt_chunks_for(self.trainer)
 
     def data_signature(self) -> str:
         """What a text cache's entries depend on besides the captions and encoders: which samples there are (the
         shards, the settings that keep or drop a sample) and how their caption records are read."""
         keep = {k: getattr(self.settings, k) for k in ("min_side", "max_aspect", "bomb_pixels")}
-        return (f"webdataset(txt_style={self.txt_style}, require_caption={self.require_caption}, {keep}, "
+        # records=structured: caption records built by the folder source's builder (categories, derived tags);
+        # caches built when the stream read plain caption strings are refused
+        return (f"webdataset(records=structured, txt_style={self.txt_style}, "
+                f"require_caption={self.require_caption}, {keep}, "
                 f"shards={shards_digest(self.urls)})")
 
-    def batcher(self, drop_last: bool, text_cache=None) -> BucketBatcher:
-        """Samples -> collated one-bucket batches (with `text_cache`, carrying cached conditioning)."""
+    def batcher(self, drop_last: bool, text_cache=None, chunks=None) -> BucketBatcher:
+        """Samples -> collated one-bucket batches (with `text_cache`, carrying cached conditioning; with `chunks`,
+        one chunk count per batch too)."""
         collate = self.loader_collate()
         collate.text_cache = text_cache
         return BucketBatcher(self.bucket_set(), self.settings, self.batch_size, collate, self.bucket_buffer,
-                             self.require_caption, self.txt_style, drop_last)
+                             self.require_caption, self.txt_style, drop_last, chunks)
 
     def batches_per_rank(self) -> int:
         _, world = self.rank_and_world()
@@ -199,7 +214,7 @@ class WebDataModule(BucketedDataModule):
         self.setup("fit")
         rank, world = self.rank_and_world()
         self.check_workers(world)
-        batcher = self.batcher(self.drop_last, self.texts)
+        batcher = self.batcher(self.drop_last, self.texts, self.prompt_chunks)
         each = per_worker(self.batches_per_rank(), self.num_workers)
         self.stream = ShardStream(self.urls, batcher, rank=rank, world_size=world, batches_per_worker=each,
                                   num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer,
@@ -223,7 +238,7 @@ class WebDataModule(BucketedDataModule):
         s = self.stream
         return {"seed": self.seed, "batch_size": self.batch_size, "shards": len(self.urls), "world_size": s.world_size,
                 "workers": s.workers, "batches_per_worker": s.batches_per_worker, "resampled": self.resampled,
-                "shuffle_buffer": self.shuffle_buffer}
+                "shuffle_buffer": self.shuffle_buffer, "group_by_chunks": self.group_by_chunks}
 
     def stream_state(self, epoch: int, batches_done: int) -> dict:
         """The position after this rank finished `batches_done` batches of `epoch`."""
@@ -247,7 +262,9 @@ class WebDataModule(BucketedDataModule):
 
     def resume(self, state: dict) -> None:
         epoch, done = int(state.get("epoch", 0)), int(state.get("batches_done", 0))
-        changed = {k: (state.get(k), v) for k, v in self.layout().items() if state.get(k) != v}
+        # checkpoints from before chunk grouping existed were written without it
+        changed = {k: (state.get(k, LAYOUT_DEFAULTS.get(k)), v) for k, v in self.layout().items()
+                   if state.get(k, LAYOUT_DEFAULTS.get(k)) != v}
         if changed:
             log.warning("The stream's layout changed since the checkpoint (%s: checkpoint vs now); epoch %d restarts "
                         "from its first batch.", ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), epoch)
@@ -265,8 +282,9 @@ class WebDataModule(BucketedDataModule):
                 meta = json.loads(raw["json"])
             except (KeyError, ValueError):
                 continue
-            tags = {c: (meta.get("tags") or {}).get(c) or [] for c in TAG_CATEGORIES}
-            prompt = pick(caption_variants(meta.get("caption"), tags, self.txt_style), rng)
+            if not isinstance(meta, dict) or derived_field_problem(meta):
+                continue
+            prompt = pick(shard_caption_record(meta, self.txt_style), rng)
             if prompt:
                 prompts.append(prompt)
             if len(prompts) == n:

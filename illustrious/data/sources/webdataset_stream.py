@@ -5,7 +5,9 @@ Per worker and epoch the stream is a pure function of (seed, epoch, rank, worker
 over the shards is shuffled from (seed, epoch, pass) and split by rank, then by DataLoader worker; samples go
 through a shuffle buffer seeded from (seed, epoch, rank, worker, pass); `BucketBatcher` keeps undecoded samples
 per bucket and decodes a batch when its bucket has `batch_size` of them, so every batch is one bucket and the
-memory held is compressed bytes. When the buffer holds too many samples, the fullest bucket is filled up with
+memory held is compressed bytes. With `chunks` (data.group_by_chunks) a batch also holds one SDXL chunk count:
+samples are kept per (bucket, chunks its caption of this epoch needs), the caption being the one `Collate` will
+draw for it from (seed, epoch, key). When the buffer holds too many samples, the fullest bucket is filled up with
 repeats of its own samples and emitted. A sample that fails to decode is skipped and reported in the batch's
 `skipped`; the batch is completed from the same bucket, so no batch is short.
 
@@ -14,6 +16,11 @@ Every sample has a stable key, (shard index, position in the shard), and its cap
 (`ShardStream.resume_at`) replays each worker's batches of the epoch up to its position without decoding them
 (only tar headers and JSON metadata are read) and continues with the next one. `ShardCaptions` reads every
 sample's caption record under the same key, in key order, for a text-embedding cache.
+
+A sample's caption record is built by `loading.sample.caption_record`, the folder source's builder, from the
+fields `make_shards` writes into its JSON (caption, tags by category, rating, and the annotation command's
+score/year/control tags where the folder was annotated): a folder and its shards give the same captions.
+Shards without those fields (older ones, or plain image + .txt tars) build the record from what they have.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 import numpy as np
@@ -34,10 +41,10 @@ from illustrious.data.images.buckets import BucketSet
 from illustrious.data.images.decode import ImageError, image_extensions, read_header
 from illustrious.data.images.preprocess import load_pixels, to_pixels
 from illustrious.data.images.settings import ImageSettings
-from illustrious.data.index.labels import caption_variants, has_caption
+from illustrious.data.index.labels import has_caption
 from illustrious.data.index.sidecars import TAG_CATEGORIES
 from illustrious.data.loading.batching import CAPTION_KEY, Collate, LoadedBatch
-from illustrious.data.loading.sample import sample_record
+from illustrious.data.loading.sample import CAPTION_FIELDS, caption_record, sample_record
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = frozenset(ext.lstrip(".") for ext in image_extensions())
@@ -61,15 +68,17 @@ class BucketBatcher:
     """A pipeline stage: samples in, collated one-bucket batches out."""
 
     def __init__(self, buckets: BucketSet, settings: ImageSettings, batch_size: int, collate: Collate,
-                 buffer: int = 512, require_caption: bool = True, txt_style: str = "tags", drop_last: bool = False):
+                 buffer: int = 512, require_caption: bool = True, txt_style: str = "tags", drop_last: bool = False,
+                 chunks: Callable[[str], int] | None = None):
         self.buckets, self.settings, self.batch_size, self.collate = buckets, settings, batch_size, collate
         self.buffer = max(buffer, batch_size)
         self.require_caption, self.txt_style, self.drop_last = require_caption, txt_style, drop_last
+        self.chunks = chunks  # prompt -> SDXL chunks it needs (chunk_groups.PromptChunks), or None: no grouping
 
     def __call__(self, samples: Iterable[dict], epoch: int = 0, skip: int = 0) -> Iterator[dict]:
         """Batches of `samples` (of `epoch`, for their caption keys); the first `skip` batches are formed but
         neither decoded nor yielded (a resumed stream's replay)."""
-        pending: dict[int, list[tuple[dict, bytes]]] = {}  # bucket -> (metadata, undecoded image)
+        pending: dict[tuple[int, int], list[tuple[dict, bytes]]] = {}  # (bucket, chunks) -> (metadata, image)
         held = 0
         skipped: list[tuple[str, str]] = []
         for raw in samples:
@@ -78,17 +87,18 @@ class BucketBatcher:
                 continue
             meta, data = parsed
             bucket = int(self.buckets.assign([meta["width"]], [meta["height"]], self.settings.max_pixels)[0])
+            bucket = (bucket, self.chunk_count(meta, epoch))
             pending.setdefault(bucket, []).append((meta, data))
             held += 1
             if len(pending[bucket]) >= self.batch_size or held > self.buffer:
-                if len(pending[bucket]) < self.batch_size:  # buffer full: emit the fullest bucket, filled up
+                if len(pending[bucket]) < self.batch_size:  # buffer full: emit the fullest group, filled up
                     bucket = max(pending, key=lambda b: len(pending[b]))
                 group = pending.pop(bucket)
                 held -= len(group)
                 if skip:  # replaying up to a resume position
                     skip -= 1
                     continue
-                batch = self.decode(bucket, group, skipped, epoch)
+                batch = self.decode(bucket[0], group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
@@ -97,10 +107,17 @@ class BucketBatcher:
                 if skip:
                     skip -= 1
                     continue
-                batch = self.decode(bucket, group, skipped, epoch)
+                batch = self.decode(bucket[0], group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
+
+    def chunk_count(self, meta: dict, epoch: int) -> int:
+        """SDXL chunks the caption this sample trains on at `epoch` needs (0 without grouping)."""
+        if self.chunks is None or CAPTION_KEY not in meta:
+            return 0
+        key = self.collate.drawn_key(CaptionKey(self.collate.seed, epoch, meta[CAPTION_KEY]))
+        return self.chunks(self.collate.captions(self.caption_record(meta), key))
 
     def parse(self, raw: dict, skipped: list) -> tuple[dict, bytes] | None:
         """Metadata and image bytes of a sample, or None (filtered, or broken and recorded in `skipped`)."""
@@ -132,6 +149,10 @@ class BucketBatcher:
                 skipped.append((path, "caption_undecodable: not UTF-8 text"))
         tags = {c: list((meta.get("tags") or {}).get(c) or []) for c in TAG_CATEGORIES}
         meta.update(path=path, tags=tags)
+        problem = derived_field_problem(meta)
+        if problem:
+            skipped.append((path, f"json_broken: {problem}"))
+            return None
         if SHARD_KEY in raw:
             meta[CAPTION_KEY] = sample_key(raw[SHARD_KEY], raw[POSITION_KEY])
         w, h = int(meta["width"]), int(meta["height"])
@@ -144,9 +165,9 @@ class BucketBatcher:
             return None
         return meta, data
 
-    def caption_record(self, meta: dict) -> dict[str, str]:
-        """What the caption pipeline reads for a parsed sample (its `captions`)."""
-        return caption_variants(meta.get("caption"), meta["tags"], self.txt_style)
+    def caption_record(self, meta: dict) -> dict:
+        """What the caption pipeline reads for a parsed sample (its `captions`): the folder source's record."""
+        return shard_caption_record(meta, self.txt_style)
 
     def decode(self, bucket: int, group: list, skipped: list, epoch: int = 0) -> dict | None:
         bucket_w, bucket_h = self.buckets[bucket]
@@ -170,6 +191,26 @@ class BucketBatcher:
         decoded = len(samples)
         samples.extend(samples[i % decoded] for i in range(self.batch_size - decoded))  # fill up from the bucket
         return self.collate(LoadedBatch(samples[:self.batch_size], list(skipped)))
+
+
+def shard_caption_record(meta: dict, txt_style: str) -> dict:
+    """A shard sample's caption record from its JSON metadata (`tags` by category), by the folder source's
+    builder: the metadata flattened to the manifest row's columns."""
+    tags = {c: list((meta.get("tags") or {}).get(c) or []) for c in TAG_CATEGORIES}
+    row = {c: meta.get(c) for c in CAPTION_FIELDS}
+    row.update((f"tags_{c}", names) for c, names in tags.items())
+    return caption_record(row, txt_style, tags)
+
+
+def derived_field_problem(meta: dict) -> str | None:
+    """Why a sample's derived caption fields cannot be used (None when absent or well-formed)."""
+    for field in ("rating", "score_tag", "year_tag"):
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            return f"{field} must be a string, got {type(meta[field]).__name__}"
+    control = meta.get("control_tags")
+    if control is not None and not (isinstance(control, list) and all(isinstance(t, str) for t in control)):
+        return "control_tags must be a list of strings"
+    return None
 
 
 class ShardStream(IterableDataset):

@@ -2,13 +2,16 @@
 
 Each sample is `<key>.<ext>` (the image: its original bytes, or re-encoded upright RGB within the pixel
 budget) and `<key>.json` (path, upright size, orientation, caption, tags by category, rating, score,
-date). Shards hold `shard_size` samples each and are written atomically; `index.json` lists them with
+date, and the derived caption columns of `python -m illustrious.annotate` -- score_percentile, score_tag,
+year_tag, control_tags -- where the folder is annotated): everything the folder source builds a sample's caption
+record from, so the stream builds the same record. Shards hold `shard_size` samples each and are written atomically; `index.json` lists them with
 their sample counts (the reader sizes its epochs from it). Rerunning skips shards already written for the
 same images, so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import webdataset as wds
 
+from illustrious.data.captions.annotations import DERIVED
 from illustrious.data.images.decode import ImageError, decode, open_image
 from illustrious.data.images.settings import ImageSettings
 from illustrious.data.index.report import ProblemReport
@@ -31,7 +35,15 @@ INDEX = "index.json"
 def sample_metadata(row: dict) -> dict:
     return {"path": row["path"], "width": row["width"], "height": row["height"], "orientation": row["orientation"],
             "caption": row["caption"], "tags": {c: row[f"tags_{c}"] or [] for c in TAG_CATEGORIES},
-            "rating": row["rating"], "score": row["score"], "created": row["created"]}
+            "rating": row["rating"], "score": row["score"], "created": row["created"],
+            **{c: row[c] for c in DERIVED if row.get(c) is not None}}  # annotated rows only
+
+
+def metadata_digest(chunk) -> str:
+    """What a shard's samples say about themselves (not their pixels): a rerun rewrites a shard whose captions,
+    tags or derived annotation columns changed although its images did not."""
+    text = json.dumps([sample_metadata(row) for row in chunk.to_pylist()], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def reencode(path: Path, row: dict, settings: ImageSettings, fmt: str, quality: int) -> tuple[bytes, dict]:
@@ -70,7 +82,8 @@ def write_shards(root: Path, table, out: Path, settings: ImageSettings, *, shard
         chunk = table.slice(start, shard_size)
         paths = chunk.column("path").to_pylist()
         name = f"shard-{number:06d}.tar"
-        identity = {"first": paths[0], "last": paths[-1], "rows": len(paths), "encoding": encoding}
+        identity = {"first": paths[0], "last": paths[-1], "rows": len(paths), "encoding": encoding,
+                    "metadata": metadata_digest(chunk)}
         entry = done.get(name)
         if entry and (out / name).is_file() and all(entry.get(k) == v for k, v in identity.items()):
             shards.append(entry)  # written by an earlier run for the same images
