@@ -57,18 +57,18 @@ def test_annotate_then_train_with_derived_tags(folder, make_config):
         row = by_path[f"img{i:02d}.png"]
         assert row["year_tag"] == EXPECTED_YEAR[year]
         assert row["score_tag"] is not None and len(row["control_tags"]) == 6
-    _, dm = datamodule(make_config, folder, "captions=illustrious", "captions.uncond_prob=0",
-                       "captions.dropout_levels=[]", "captions.weak_dropout={}", "captions.paraphrase_prob=0",
-                       "captions.space_prob=0", "captions.register_prob=0")
+    # nothing dropped: weak dropout is switched off per category (`weak_dropout={}` would merge with the defaults)
+    no_dropout = ["captions=illustrious", "captions.uncond_prob=0", "captions.dropout_levels=[]",
+                  "captions.weak_dropout.character=0", "captions.weak_dropout.artist=0", "captions.paraphrase_prob=0",
+                  "captions.space_prob=0", "captions.register_prob=0"]
+    _, dm = datamodule(make_config, folder, *no_dropout)
     captions = first_captions(dm)
     for p, caption in captions.items():
         words = caption.split(", ")
         assert words[:2] == ["1girl", "solo"] and "hatsune miku" in words
         assert words[-1] == by_path[p]["year_tag"] and words[-2] == by_path[p]["score_tag"]
     # the same (seed, epoch, sample): the same captions from a fresh data module
-    _, again = datamodule(make_config, folder, "captions=illustrious", "captions.uncond_prob=0",
-                          "captions.dropout_levels=[]", "captions.weak_dropout={}", "captions.paraphrase_prob=0",
-                          "captions.space_prob=0", "captions.register_prob=0")
+    _, again = datamodule(make_config, folder, *no_dropout)
     assert first_captions(again) == captions
 
 
