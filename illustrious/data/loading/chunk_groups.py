@@ -18,45 +18,43 @@ from illustrious.backbones.prompt_chunks import chunk_count
 from illustrious.errors import ConfigError
 
 
-class ChunkCounts:
-    """epoch -> (N,) chunks each sample's caption needs that epoch."""
-
-    def __init__(self, sources: Sequence, caption: Callable[[object, int, int], str], encoders: Sequence,
-                 batch: int = 4096):
-        if not encoders:
-            raise ConfigError("data.group_by_chunks=true needs a backbone whose prompts are cut into chunks (SDXL's "
-                              "CLIP encoders, backbone.max_chunks); this one has none. Set data.group_by_chunks=false.")
-        self.sources, self.caption, self.encoders, self.batch = sources, caption, list(encoders), batch
-
-    def __call__(self, epoch: int) -> np.ndarray:
-        counts = np.ones(len(self.sources), dtype=np.int64)
-        for start in range(0, len(self.sources), self.batch):
-            index = range(start, min(start + self.batch, len(self.sources)))
-            prompts = [self.caption(self.sources[i], epoch, i) for i in index]
-            for enc in self.encoders:
-                piece = enc.tokenizer.model_max_length - 2
-                need = [chunk_count(len(ids), piece, enc.max_chunks) for ids in enc.token_ids(prompts)]
-                counts[start:start + len(prompts)] = np.maximum(counts[start:start + len(prompts)], need)
-        return counts
-
-
 class PromptChunks:
-    """prompt -> chunks it needs: the most any chunked encoder needs (the same count as `ChunkCounts`)."""
+    """prompts -> chunks each needs: the most any chunked encoder needs (`prompt_chunks.chunk_count`).
+
+    Holds the encoders' tokenizers and limits only, so it travels to loader workers without their weights;
+    tokenizes as the encoders' own `token_ids` does (no special tokens, untruncated)."""
 
     def __init__(self, encoders: Sequence):
         if not encoders:
             raise ConfigError("data.group_by_chunks=true needs a backbone whose prompts are cut into chunks (SDXL's "
                               "CLIP encoders, backbone.max_chunks); this one has none. Set data.group_by_chunks=false.")
-        # the tokenizers and limits only; tokenized as the encoders' own `token_ids` does (no special tokens,
-        # untruncated)
         self.tokenizers = [(e.tokenizer, e.tokenizer.model_max_length - 2, e.max_chunks) for e in encoders]
 
-    def __call__(self, prompt: str) -> int:
-        need = 1
+    def counts(self, prompts: list[str]) -> np.ndarray:
+        need = np.ones(len(prompts), dtype=np.int64)
         for tokenizer, piece, max_chunks in self.tokenizers:
-            ids = tokenizer([prompt], add_special_tokens=False, truncation=False, verbose=False).input_ids[0]
-            need = max(need, chunk_count(len(ids), piece, max_chunks))
+            ids = tokenizer(prompts, add_special_tokens=False, truncation=False, verbose=False).input_ids
+            need = np.maximum(need, [chunk_count(len(i), piece, max_chunks) for i in ids])
         return need
+
+    def __call__(self, prompt: str) -> int:
+        return int(self.counts([prompt])[0])
+
+
+class ChunkCounts:
+    """epoch -> (N,) chunks each sample's caption needs that epoch (map-style sources, counted in batches)."""
+
+    def __init__(self, sources: Sequence, caption: Callable[[object, int, int], str], encoders: Sequence,
+                 batch: int = 4096):
+        self.sources, self.caption, self.chunks, self.batch = sources, caption, PromptChunks(encoders), batch
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        counts = np.ones(len(self.sources), dtype=np.int64)
+        for start in range(0, len(self.sources), self.batch):
+            index = range(start, min(start + self.batch, len(self.sources)))
+            counts[start:start + len(index)] = self.chunks.counts([self.caption(self.sources[i], epoch, i)
+                                                                    for i in index])
+        return counts
 
 
 def chunked_encoders(backbone) -> list:
