@@ -6,7 +6,13 @@ from collections import Counter
 import pytest
 
 from illustrious.data.captions import CaptionKey, PlainCaptions, TagCaptions, caption_source
-from illustrious.data.captions.augment import ILLUSTRIOUS_LEVELS, DropoutLevel, level_keep, random_order
+from illustrious.data.captions.augment import (
+    ILLUSTRIOUS_LEVELS,
+    DropoutLevel,
+    level_keep,
+    level_table,
+    random_order,
+)
 from illustrious.data.captions.tags import prompt_word, split_people
 
 DRAWS = 4000
@@ -96,7 +102,7 @@ def test_level_keep_formula():
     assert [lv.keep(8) for lv in ILLUSTRIOUS_LEVELS] == [8, 8, 6, 4]
     assert [lv.keep(3) for lv in ILLUSTRIOUS_LEVELS] == [3, 3, 3, 3]
     levels = (DropoutLevel(0.5, 0.5, 0), DropoutLevel(0.25, 0.0, 1))
-    assert [level_keep(10, levels, u) for u in (0.1, 0.6, 0.9)] == [5, 1, 10]
+    assert [level_keep(10, level_table(levels), u) for u in (0.1, 0.6, 0.9)] == [5, 1, 10]
 
 
 @pytest.mark.parametrize("shuffle", [(), ("general",)])

@@ -41,12 +41,18 @@ def check_levels(levels: Sequence[DropoutLevel]) -> None:
         raise ValueError(f"dropout level probabilities must be >= 0 and sum to at most 1, got {[lv.p for lv in levels]}")
 
 
-def level_keep(n: int, levels: Sequence[DropoutLevel], u: float) -> int:
-    """How many of n tags to keep, for a uniform draw u in [0, 1)."""
-    for level in levels:
-        if u < level.p:
-            return level.keep(n)
-        u -= level.p
+def level_table(levels: Sequence[DropoutLevel]) -> tuple[tuple[float, float, int], ...]:
+    """The levels as plain (p, keep_fraction, keep_at_least) tuples, resolved once for `level_keep` (per draw)."""
+    return tuple((lv.p, lv.keep_fraction, lv.keep_at_least) for lv in levels)
+
+
+def level_keep(n: int, table: Sequence[tuple[float, float, int]], u: float) -> int:
+    """How many of n tags to keep, for a uniform draw u in [0, 1) (`table` from `level_table`; `DropoutLevel.keep`'s
+    arithmetic, inlined: it runs on every draw)."""
+    for p, fraction, at_least in table:
+        if u < p:
+            return min(n, max(int(fraction * n), at_least))
+        u -= p
     return n
 
 

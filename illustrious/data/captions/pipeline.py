@@ -22,6 +22,8 @@ from illustrious.data.captions.augment import (
     ILLUSTRIOUS_LEVELS,
     DropoutLevel,
     check_levels,
+    level_keep,
+    level_table,
     paraphrase,
     random_order,
     register_tokens,
@@ -77,7 +79,7 @@ class TagCaptions:
         self._steps = tuple(SectionStep(name, DERIVED.get(name, ""), self.section_prob.get(name, 1.0),
                                         self.weak.get(name, 0.0), name in self.shuffle, name in self.droppable)
                             for name in self.order)
-        self._levels = tuple((lv.p, lv.keep_fraction, lv.keep_at_least) for lv in self.levels)  # level_keep's table
+        self._levels = level_table(self.levels)
         # whether two draws of one sample may differ (text-embedding caches need to know)
         self.augments = bool(self.shuffle or any(lv.p for lv in self.levels) or self.weak or self.paraphrase_prob
                              or self.caption_prob or self.register_prob or self.uncond_prob or self.space_prob
@@ -156,7 +158,7 @@ class TagCaptions:
         if len(pooled) == 1 and not protected:  # the usual case: one droppable section, nothing protected
             (start, end, is_shuffled), = pooled
             n = end - start
-            keep = self.level_keep(n, rng.random())
+            keep = level_keep(n, self._levels, rng.random())
             if keep >= n:
                 return
             if is_shuffled:  # already in uniform random order: its first `keep` are a uniform subset
@@ -167,20 +169,11 @@ class TagCaptions:
             # droppable positions in `words`, section by section (protected tags are never candidates)
             slots = [j for start, end, _ in pooled for j in range(start, end) if words[j] not in protected]
             n = len(slots)
-            keep = self.level_keep(n, rng.random())
+            keep = level_keep(n, self._levels, rng.random())
             if keep >= n:
                 return
         gone = {slots[i] for i in random_order(n, rng)[keep:]}
         words[:] = [w for j, w in enumerate(words) if j not in gone]
-
-
-    def level_keep(self, n: int, u: float) -> int:
-        """`augment.level_keep(n, self.levels, u)` (the same arithmetic) from a table of plain tuples."""
-        for p, fraction, at_least in self._levels:
-            if u < p:
-                return min(n, max(int(fraction * n), at_least))
-            u -= p
-        return n
 
 
 # sections made from a record's other fields -> that field
