@@ -37,6 +37,7 @@ REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 _received: int | None = None
 _listening: tuple = ()
+_from_start: dict = {}  # signal -> the handler before `listen_from_start()`, while its recording is unclaimed
 
 
 class TrainingInterrupted(Exception):
@@ -56,6 +57,28 @@ def received() -> int | None:
     return _received
 
 
+# Ranks agree on one signal: the strongest any of them received. A requeue signal outranks SIGTERM, so that global
+# rank 0 requeues the job even when only another rank's handler had run by the step boundary (SLURM signals every
+# task, but not at the same instant).
+_RANK_ORDER = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def signal_code(signum: int | None) -> int:
+    """0 for no signal, else 1 + its place in `_RANK_ORDER` (a number ranks can reduce with max)."""
+    return 0 if signum is None else 1 + _RANK_ORDER.index(signum)
+
+
+def signal_of(code: int) -> int | None:
+    return None if code == 0 else _RANK_ORDER[code - 1]
+
+
+def agree(signum: int | None, reduce_max) -> int | None:
+    """The signal every rank acts on: `reduce_max(tensor)` returns the elementwise max over ranks."""
+    import torch
+
+    return signal_of(int(reduce_max(torch.tensor(signal_code(signum), dtype=torch.int64))))
+
+
 def _record(signum, frame) -> None:
     global _received
     if _received is None:
@@ -64,15 +87,33 @@ def _record(signum, frame) -> None:
                     signal.Signals(signum).name)
 
 
+def listen_from_start(signals=STOP_SIGNALS) -> None:
+    """Record stop signals from now on (the command line calls this before it imports Hydra): a signal in the
+    seconds before `train()` (interpreter, imports, config composition) is kept for the first `listen()` block to
+    act on, instead of killing the process unrequeued. Main thread only."""
+    global _received
+    if threading.current_thread() is not threading.main_thread() or _from_start:
+        return
+    _received = None
+    _from_start.update({s: signal.signal(s, _record) for s in signals})
+
+
 @contextmanager
 def listen(signals=STOP_SIGNALS) -> Iterator[None]:
-    """Record stop signals while the block runs (main thread only; elsewhere signals cannot be caught)."""
+    """Record stop signals while the block runs (main thread only; elsewhere signals cannot be caught). The first
+    block after `listen_from_start()` keeps a signal received since then; later blocks start clean."""
     global _received, _listening
-    _received = None
+    early = dict(_from_start)
+    _from_start.clear()
+    if not early:
+        _received = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _record) for s in signals}
+    # after the block, the handlers from before listen_from_start() (not its recorder) are put back
+    previous = {s: early.get(s, signal.signal(s, _record)) for s in signals}
+    for s in signals:
+        signal.signal(s, _record)
     _listening = tuple(signals)
     try:
         yield

@@ -7,14 +7,19 @@ groups, `--cfg job` prints the composed config (fast: nothing heavy is imported 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from illustrious import preemption
 
-import hydra
-from omegaconf import DictConfig
+if __name__ == "__main__":  # the command line (not an import): an early stop signal is kept, not fatal
+    preemption.listen_from_start()
 
-from illustrious.config import CONF_DIR
-from illustrious.errors import reported_config_errors
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from illustrious.config import CONF_DIR  # noqa: E402
+from illustrious.errors import reported_config_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -45,6 +50,7 @@ def config_dirs(argv: list[str]) -> list[str]:
 
 
 def entry() -> None:
+    preemption.listen_from_start()  # `illustrious-train`; a second call (python -m) changes nothing
     try:
         main()
     except SystemExit as exit_:

@@ -9,7 +9,6 @@ weights is never written (training stops instead, leaving the last good checkpoi
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 
 import torch
@@ -59,8 +58,8 @@ class RunCheckpoint(Checkpoint):
         step = trainer.global_step
         signum = preemption.received()
         if trainer.world_size > 1:  # every rank must take part in the save: stop if any rank was signalled
-            anyone = trainer.strategy.reduce_boolean_decision(signum is not None, all=False)
-            signum = (signum or signal.SIGTERM) if anyone else None
+            signum = preemption.agree(signum, lambda code: trainer.strategy.reduce(code.to(pl_module.device),
+                                                                                   reduce_op="max"))
         due = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
         if step != self._saved_step and (due or signum is not None or self._is_final(trainer)):
             self.save(trainer, pl_module)

@@ -79,3 +79,34 @@ def test_usr2_saves_requeues_and_the_requeued_job_continues_exactly(tmp_path):
         assert (resumed[step]["epoch"], resumed[step]["batch"]) == (record["epoch"], record["batch"]), step
         assert abs(resumed[step]["loss"] - record["loss"]) <= 1e-6, (step, resumed[step], record)
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB]  # no requeue at a normal end
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler installed for `signum` (the SigCgt mask in /proc/<pid>/status)."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except FileNotFoundError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the signal mask from /proc")
+def test_usr2_before_the_config_is_composed_is_kept_and_acted_on_after_the_first_step(tmp_path):
+    """SLURM may signal a task while Python is still importing (a requeue right after a start): the command line
+    records stop signals before it imports Hydra, and the run saves, requeues and exits 140 after its first step."""
+    run = tmp_path / "job"
+    proc = start(run, slurm_env(tmp_path, 0))
+    deadline = time.monotonic() + 120
+    while not catches(proc.pid, signal.SIGUSR2):  # the first moment a USR2 would not kill the process
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGUSR2)
+    output, _ = proc.communicate(timeout=2400)
+    assert proc.returncode == 128 + signal.SIGUSR2, output[-3000:]
+    # received before Hydra configured logging: Python's own last-resort handler printed it, unformatted
+    assert any(line.startswith("Received SIGUSR2: saving a checkpoint") for line in output.splitlines()), output[-3000:]
+    assert "Interrupted by SIGUSR2" in output and "requeued with SLURM" in output, output[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB]
+    assert load_checkpoint_file(run / "checkpoints" / "last.safetensors")["global_step"] == 1

@@ -1,0 +1,53 @@
+"""Ranks agree on the stop signal at a step boundary: the strongest one any rank received, a requeue signal
+over SIGTERM. SLURM signals every task, but not at the same instant; if only rank 1's handler had run when the
+step ended, rank 0 must still save, and requeue the job, as rank 1 was asked to (illustrious.preemption.agree)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from illustrious import preemption
+
+TERM, USR1, USR2 = signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2
+# (rank 0 received, rank 1 received) -> what both act on
+CASES = [((None, None), None), ((None, USR2), USR2), ((USR2, None), USR2), ((TERM, USR2), USR2),
+         ((USR2, TERM), USR2), ((TERM, None), TERM), ((None, TERM), TERM), ((USR1, TERM), USR1), ((USR1, USR2), USR2)]
+
+
+def test_one_process_acts_on_its_own_signal():
+    for signum in (None, TERM, USR1, USR2):
+        assert preemption.agree(signum, lambda code: code) == signum
+
+
+def test_every_stop_signal_has_a_code_and_back():
+    codes = [preemption.signal_code(s) for s in (None, *preemption.STOP_SIGNALS)]
+    assert len(set(codes)) == len(codes) and codes[0] == 0
+    assert [preemption.signal_of(c) for c in codes] == [None, *preemption.STOP_SIGNALS]
+
+
+def worker(rank, init_file, out_file):
+    # Lightning's DDP/FSDP strategies' reduce(tensor, reduce_op="max") is this call
+    from lightning.fabric.utilities.distributed import _sync_ddp_if_available
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        agreed = [preemption.agree(received[rank], lambda code: _sync_ddp_if_available(code, None, reduce_op="max"))
+                  for received, _ in CASES]
+        with open(f"{out_file}.{rank}", "w") as f:
+            json.dump(agreed, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh processes import torch
+def test_two_ranks_agree_on_the_strongest_signal(tmp_path):
+    out = tmp_path / "agreed"
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    expected = [None if want is None else int(want) for _, want in CASES]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"agreed.{rank}").read_text()) == expected, rank
