@@ -36,8 +36,13 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 ReturnToService=2
 MpiDefault=none
+# Preemption as clusters run it: a job in the higher-tier partition "urgent" requeues the debug jobs in its way;
+# they get SIGTERM and GraceTime seconds to save before SIGKILL (tests/integration/test_slurm.py).
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=120
+PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 CONF
 
 # munge: a key owned by munge (mode 400), the daemon run as the munge user

@@ -10,7 +10,8 @@ preempted run as a success, and the next start resumes from the checkpoint writt
 
 One handler, ours: under SLURM `train()` gives Lightning a `SLURMEnvironment(auto_requeue=False)`, so Lightning
 never installs its SIGUSR1 handler (which would write a separate `hpc_ckpt_N.ckpt` and resume from it first);
-after our checkpoint, global rank 0 runs `scontrol requeue` (RunCheckpoint, `callbacks.checkpoint.requeue`).
+after our checkpoint, global rank 0 runs `scontrol requeue` (RunCheckpoint, `callbacks.checkpoint.requeue`), on a
+requeue signal, or on SIGTERM when SLURM is preempting the job (`slurm_job_preempted`; a user's scancel is not).
 SLURM's warning signal is SIGUSR2 everywhere (`scripts/sbatch_train.sh`: `--signal=USR2@90`;
 `hydra/launcher=slurm`: submitit's fixed USR2); SIGUSR1 is handled the same way for other scripts.
 Our handlers are installed again once training starts (`reinstall`), replacing Lightning's SIGTERM handler:
@@ -130,11 +131,34 @@ def reinstall() -> None:
             signal.signal(s, _record)
 
 
-def requeue_slurm_job() -> bool:
-    """`scontrol requeue` this SLURM job (array task included); True when SLURM accepted it."""
+def _slurm_job() -> str | None:
+    """This SLURM job's id for scontrol (`<array job>_<task>` for an array task), or None outside SLURM."""
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
-    if not job or not re.fullmatch(r"[0-9_]+", job):
+    return job if job and re.fullmatch(r"[0-9_]+", job) else None
+
+
+def slurm_job_preempted() -> bool:
+    """Whether SLURM is preempting this job: its record carries a PreemptTime. A preemption sends SIGTERM (unless
+    the cluster sets PreemptParameters=send_user_signal, which sends the job's --signal instead), as a user's
+    `scancel` does; only a preempted job is requeued after a SIGTERM. SLURM requeues a preempted job itself
+    only when its grace time runs out, not when it saves and exits sooner, as our runs do."""
+    job = _slurm_job()
+    if job is None:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.error("Could not read SLURM job %s: %s", job, e)
+        return False
+    found = re.search(r"\bPreemptTime=(\S+)", out)
+    return bool(found) and found.group(1) not in ("None", "Unknown", "(null)")
+
+
+def requeue_slurm_job() -> bool:
+    """`scontrol requeue` this SLURM job (array task included); True when SLURM accepted it."""
+    job = _slurm_job()
+    if job is None:
         return False
     try:
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)

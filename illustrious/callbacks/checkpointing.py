@@ -108,8 +108,8 @@ class RunCheckpoint(Checkpoint):
         requeued = False
         env = trainer._accelerator_connector.cluster_environment
         # Lightning's own auto-requeue is off (train.slurm_environment): this is the one place a job requeues
-        if (self.requeue and signum in preemption.REQUEUE_SIGNALS and isinstance(env, SLURMEnvironment)
-                and trainer.is_global_zero):
+        if self.requeue and isinstance(env, SLURMEnvironment) and trainer.is_global_zero and (
+                signum in preemption.REQUEUE_SIGNALS or preemption.slurm_job_preempted()):
             requeued = preemption.requeue_slurm_job()
         raise preemption.TrainingInterrupted(signum, str(self.last_saved) if self.last_saved else None, requeued)
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -181,3 +182,121 @@ def test_requeue_signals_on_an_sbatch_job_requeue_it_and_it_resumes_exactly(tmp_
     for step, expected in reference.items():
         assert (resumed[step]["epoch"], resumed[step]["batch"]) == (expected["epoch"], expected["batch"]), step
         assert abs(resumed[step]["loss"] - expected["loss"]) <= 1e-6, (step, resumed[step], expected)
+
+
+def submit_training(tmp_path, name: str, args: list[str], *sbatch_options: str) -> tuple[str, object, object]:
+    """`sbatch scripts/sbatch_train.sh args` as a user submits it; (job id, run folder, SLURM log)."""
+    run, log = tmp_path / name, tmp_path / f"{name}.out"
+    submit = subprocess.run(["sbatch", "--parsable", f"--job-name=illustrious-{name}", "--gpus-per-node=0",
+                             *sbatch_options, f"--output={log}", str(REPO / "scripts" / "sbatch_train.sh"), *args],
+                            cwd=REPO, env={**env(), "RUN_DIR": str(run), "PYTHON": sys.executable},
+                            capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stderr
+    return submit.stdout.strip().split(";")[0], run, log
+
+
+def wait_until_ended(job: str, log, timeout: float = 900) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while (record := job_record(job)).get("JobState") not in ENDED:
+        assert time.monotonic() < deadline, f"job {job} still {record.get('JobState')}:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+    return record
+
+
+def task_pid(job: str, rank: int) -> int | None:
+    """The pid of global rank `rank`'s training process of `job` on this node (read from /proc)."""
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            environ = open(f"/proc/{proc}/environ", "rb").read().split(b"\0")
+            cmdline = open(f"/proc/{proc}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if (b"illustrious.run" in cmdline and f"SLURM_JOB_ID={job}".encode() in environ
+                and f"SLURM_PROCID={rank}".encode() in environ):
+            return int(proc)
+    return None
+
+
+def assert_same_losses(reference_dir, run_dir, steps: int) -> None:
+    reference, resumed = read_steps(reference_dir / "steps.jsonl"), read_steps(run_dir / "steps.jsonl")
+    assert sorted(reference) == sorted(resumed) == list(range(1, steps + 1))
+    for step, expected in reference.items():
+        assert (resumed[step]["epoch"], resumed[step]["batch"]) == (expected["epoch"], expected["batch"]), step
+        assert abs(resumed[step]["loss"] - expected["loss"]) <= 1e-6, (step, resumed[step], expected)
+
+
+DDP_ARGS = [*REQUEUE_ARGS, "trainer=ddp", "trainer.accelerator=cpu"]
+
+
+def test_requeue_signal_on_one_rank_of_a_two_task_ddp_job_requeues_it_and_it_resumes_exactly(tmp_path):
+    """SLURM signals every task, but not at the same instant. Here only rank 1 gets USR2: at the step boundary
+    the ranks agree on it, both take part in the save, rank 0 requeues the job (the requeue signal outranks the
+    SIGTERM it would otherwise assume), and the requeued 2-task job resumes with an uninterrupted run's losses."""
+    straight = tmp_path / "straight"  # the same 2-process DDP run outside SLURM, meanwhile
+    reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *DDP_ARGS, "trainer.devices=2",
+                                       f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    job, run, log = submit_training(tmp_path, "ddp-requeue", DDP_ARGS, "--ntasks-per-node=2", "--cpus-per-task=1")
+    text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+    try:
+        wait_for(lambda: logged_steps(run) >= 2, job, log, "two steps")
+        pid = task_pid(job, 1)
+        assert pid is not None, f"no rank-1 process of job {job}"
+        os.kill(pid, signal.SIGUSR2)
+        record = wait_until_ended(job, log)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
+        if sys.exc_info()[0] is not None:
+            reference_proc.kill()
+    output = text()
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), output[-4000:]
+    first, second = output.split(f"job {job} (restart ")[1:]
+    assert first.count("Received SIGUSR2") == 1 and f"Requeued SLURM job {job}." in first, first[-3000:]
+    # each rank logs the one save it took part in, at the same step
+    assert len(set(saved_steps(first))) == 1 and 2 <= saved_steps(first)[0] < REQUEUE_STEPS, first[-3000:]
+    assert "requeued with SLURM (exit status 140)" in first, first[-3000:]
+    assert f"Resuming from {run / 'checkpoints'}" in second and set(saved_steps(second)) == {REQUEUE_STEPS}, second[-3000:]
+    reference_out, _ = reference_proc.communicate(timeout=900)
+    assert reference_proc.returncode == 0, reference_out[-3000:]
+    assert_same_losses(straight, run, REQUEUE_STEPS)
+
+
+def test_a_job_preempted_by_an_urgent_one_saves_requeues_and_resumes_exactly(tmp_path):
+    """Preemption as SLURM does it (.ci/slurm_up.sh: PreemptType=preempt/partition_prio, PreemptMode=REQUEUE,
+    GraceTime=120 on debug): a job in the higher-tier partition `urgent` needs the node, the training job gets
+    SIGTERM, saves, sees its PreemptTime and requeues itself (SLURM would requeue it only when the grace time
+    ran out), the urgent job runs, and the training job starts again and resumes with an uninterrupted run's losses."""
+    straight = tmp_path / "straight"
+    reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *REQUEUE_ARGS,
+                                       f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    cpus = os.cpu_count() or 1  # the whole node, so the urgent job must preempt it
+    job, run, log = submit_training(tmp_path, "preempted", REQUEUE_ARGS, f"--cpus-per-task={cpus}")
+    text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+    urgent = None
+    try:
+        wait_for(lambda: logged_steps(run) >= 2, job, log, "two steps")
+        urgent_submit = subprocess.run(["sbatch", "--parsable", "--partition=urgent", f"--cpus-per-task={cpus}",
+                                        f"--output={tmp_path / 'urgent.out'}", "--wrap", "echo urgent ran; sleep 2"],
+                                       capture_output=True, text=True, timeout=60)
+        assert urgent_submit.returncode == 0, urgent_submit.stderr
+        urgent = urgent_submit.stdout.strip().split(";")[0]
+        record = wait_until_ended(job, log)
+        urgent_record = wait_until_ended(urgent, tmp_path / "urgent.out")
+    finally:
+        subprocess.run(["scancel", job, *([urgent] if urgent else [])], capture_output=True, timeout=60)
+        if sys.exc_info()[0] is not None:
+            reference_proc.kill()
+    output = text()
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), output[-4000:]
+    assert urgent_record["JobState"] == "COMPLETED", urgent_record
+    first, second = output.split(f"job {job} (restart ")[1:]
+    assert "Received SIGTERM" in first and f"Requeued SLURM job {job}." in first, first[-3000:]
+    assert "Interrupted by SIGTERM" in first and "exit status 143" in first, first[-3000:]
+    assert len(saved_steps(first)) == 1 and 2 <= saved_steps(first)[0] < REQUEUE_STEPS, first[-3000:]
+    assert f"Resuming from {run / 'checkpoints'}" in second and saved_steps(second) == [REQUEUE_STEPS], second[-3000:]
+    reference_out, _ = reference_proc.communicate(timeout=900)
+    assert reference_proc.returncode == 0, reference_out[-3000:]
+    assert_same_losses(straight, run, REQUEUE_STEPS)
