@@ -149,6 +149,7 @@ DATA = {
     "data.height": integer(32, min=1),
     "data.length": integer(100000, min=1),
     "data.max_shapes": integer(2, min=1),
+    "data.mixed_order": boolean(),
     # folder / webdataset
     "data.root": text("/data/anime", null=True),
     "data.manifest": text("/data/anime/.illustrious/manifest.parquet", null=True),

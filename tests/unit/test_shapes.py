@@ -66,3 +66,29 @@ def test_judge_rejects_wrong_colour_and_empty_images():
     swapped = Layout(layout.background, tuple(
         type(s)(next(c for c in SHAPE_COLOURS if c != s.colour), s.shape, s.position) for s in layout.shapes))
     assert not any(shapes_placed(image, swapped))
+
+
+def test_pairs_are_mentioned_left_or_top_first_unless_mixed_order():
+    """The default data always names the left/top shape first, so a model can place pairs by the order of mention
+    alone; `mixed_order` names either first (half the pairs each way) and leaves single shapes as they were."""
+    fixed, mixed = ShapesDataset(length=400, seed=2), ShapesDataset(length=400, seed=2, mixed_order=True)
+    orders = {"fixed": [], "mixed": []}
+    for i in range(400):
+        for name, ds in (("fixed", fixed), ("mixed", mixed)):
+            shapes = ds.layout(i).shapes
+            if len(shapes) == 2:
+                orders[name].append(tuple(s.position for s in shapes))
+        item = mixed[i]
+        layout = Layout.from_dict(item["layout"])
+        assert item["captions"] == {"tags": layout.tags(), "sentence": layout.sentence()}
+    assert set(orders["fixed"]) == {("left", "right"), ("top", "bottom")}
+    assert set(orders["mixed"]) == {("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top")}
+    reversed_share = sum(o in (("right", "left"), ("bottom", "top")) for o in orders["mixed"]) / len(orders["mixed"])
+    assert 0.4 < reversed_share < 0.6
+    # a reversed pair is drawn where its words say
+    index = next(i for i in range(400) if mixed.layout(i).shapes[0].position in ("right", "bottom")
+                 and len(mixed.layout(i).shapes) == 2)
+    item = mixed[index]
+    assert composition_accuracy(to_uint8(item["pixels"][None]), [Layout.from_dict(item["layout"])]) == 1.0
+    # each sample has its own random stream: single shapes are the same layouts either way
+    assert all(mixed.layout(i) == fixed.layout(i) for i in range(400) if len(fixed.layout(i).shapes) == 1)

@@ -80,10 +80,15 @@ def region(position: str, width: int, height: int) -> tuple[int, int, int, int]:
     }[position]
 
 
-def random_layout(rng: random.Random, max_shapes: int = 2) -> Layout:
+def random_layout(rng: random.Random, max_shapes: int = 2, mixed_order: bool = False) -> Layout:
+    """A background and one shape, or (with max_shapes >= 2, half the time) two in opposite halves. Pairs are
+    mentioned left/top first unless `mixed_order`: then either one first, so that the side words, not the order
+    of mention, say where each shape goes."""
     background = rng.choice(list(BACKGROUNDS))
     if max_shapes >= 2 and rng.random() < 0.5:
         positions = rng.choice(POSITION_PAIRS)
+        if mixed_order and rng.random() < 0.5:
+            positions = positions[::-1]
         colours = rng.sample(list(SHAPE_COLOURS), 2)  # two different colours keep the binding unambiguous
     else:
         positions = (rng.choice(POSITIONS),)
@@ -120,12 +125,14 @@ class ShapesDataset:
     and the SDXL micro-conditioning sizes.
     """
 
-    def __init__(self, length: int = 10_000, width: int = 32, height: int = 32, seed: int = 0, max_shapes: int = 2):
+    def __init__(self, length: int = 10_000, width: int = 32, height: int = 32, seed: int = 0, max_shapes: int = 2,
+                 mixed_order: bool = False):
         if length < 1:
             raise ValueError(f"ShapesDataset length must be >= 1, got {length}")
         if width < 8 or height < 8:
             raise ValueError(f"ShapesDataset needs at least 8x8 pixels, got {width}x{height}")
         self.length, self.width, self.height, self.seed, self.max_shapes = length, width, height, seed, max_shapes
+        self.mixed_order = mixed_order
 
     def __len__(self) -> int:
         return self.length
@@ -134,7 +141,7 @@ class ShapesDataset:
         return random.Random(f"shapes:{self.seed}:{index}")
 
     def layout(self, index: int) -> Layout:
-        return random_layout(self.rng(index), self.max_shapes)
+        return random_layout(self.rng(index), self.max_shapes, self.mixed_order)
 
     def caption_source(self, index: int) -> dict[str, str]:
         """Sample `index`'s captions, without drawing its image (text caches, chunk grouping)."""
@@ -144,7 +151,7 @@ class ShapesDataset:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self.rng(index)
-        layout = random_layout(rng, self.max_shapes)
+        layout = random_layout(rng, self.max_shapes, self.mixed_order)
         image = draw(layout, self.width, self.height, rng)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
         size = (self.height, self.width)

@@ -33,16 +33,17 @@ class ShapesDataModule(L.LightningDataModule):
     def __init__(self, width: int = 32, height: int = 32, length: int = 10_000, seed: int = 0, max_shapes: int = 2,
                  batch_size: int = 32, num_workers: int = 0, captions: CaptionPipeline | None = None,
                  text_cache: str | None = None, text_cache_variants: int = 4, group_by_chunks: bool = False,
-                 val_samples: int = 64):
+                 val_samples: int = 64, mixed_order: bool = False):
         super().__init__()
         if val_samples < 0:
             raise ConfigError(f"data.val_samples={val_samples}: must be >= 0 (0 = no validation set).")
         self.val_samples = val_samples
         self.text_cache, self.text_cache_variants = text_cache, text_cache_variants
         self.group_by_chunks = group_by_chunks
-        self.dataset = ShapesDataset(length=length, width=width, height=height, seed=seed, max_shapes=max_shapes)
+        self.dataset = ShapesDataset(length=length, width=width, height=height, seed=seed, max_shapes=max_shapes,
+                                     mixed_order=mixed_order)
         self.held_out = ShapesDataset(length=max(length, val_samples), width=width, height=height, seed=seed + HELD_OUT_SEED_OFFSET,
-                                      max_shapes=max_shapes)
+                                      max_shapes=max_shapes, mixed_order=mixed_order)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.collate = Collate(captions, seed=seed)
         self.sampler: BucketBatchSampler | None = None
@@ -67,7 +68,8 @@ class ShapesDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.text_cache and self.collate.text_cache is None:
             sources = self.caption_sources()
-            signature = f"shapes(seed={self.dataset.seed}, length={self.dataset.length}, max_shapes={self.dataset.max_shapes})"
+            signature = (f"shapes(seed={self.dataset.seed}, length={self.dataset.length}, max_shapes={self.dataset.max_shapes}"
+                         + (", mixed_order=True)" if self.dataset.mixed_order else ")"))
             self.collate.text_cache = open_text_cache(self.text_cache, self.text_cache_variants, self.seed, sources,
                                                       self.collate.captions, signature, self.trainer)
 
