@@ -272,7 +272,9 @@ def test_a_job_preempted_by_an_urgent_one_saves_requeues_and_resumes_exactly(tmp
     reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *REQUEUE_ARGS,
                                        f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
-    cpus = os.cpu_count() or 1  # the whole node, so the urgent job must preempt it
+    # the whole node (as SLURM counts its CPUs), so the urgent job must preempt it
+    cpus = int(subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%c"], capture_output=True, text=True,
+                              timeout=60).stdout.split()[0].rstrip("+"))
     job, run, log = submit_training(tmp_path, "preempted", REQUEUE_ARGS, f"--cpus-per-task={cpus}")
     text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
     urgent = None
