@@ -7,12 +7,25 @@ groups, `--cfg job` prints the composed config (fast: nothing heavy is imported 
 
 from __future__ import annotations
 
+import sys
+
 from illustrious import preemption
 
-if __name__ == "__main__":  # the command line (not an import): an early stop signal is kept, not fatal
-    preemption.listen_from_start()
+# Flags after which this process trains nothing itself: a sweep (its jobs run elsewhere, or each under its own
+# listen()), or Hydra printing help or config. There a SIGTERM must stop the process as usual.
+NOT_TRAINING_HERE = ("-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info",
+                     "--shell-completion", "-sc")
 
-import sys  # noqa: E402
+
+def listen_if_training(argv: list[str]) -> None:
+    """Record stop signals from the start when this command line trains in this process (see preemption)."""
+    if not any(a in NOT_TRAINING_HERE or a.startswith(("--cfg=", "--info=", "--shell-completion=")) for a in argv[1:]):
+        preemption.listen_from_start()
+
+
+if __name__ == "__main__":  # the command line (not an import): an early stop signal is kept, not fatal
+    listen_if_training(sys.argv)
+
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -50,7 +63,7 @@ def config_dirs(argv: list[str]) -> list[str]:
 
 
 def entry() -> None:
-    preemption.listen_from_start()  # `illustrious-train`; a second call (python -m) changes nothing
+    listen_if_training(sys.argv)  # `illustrious-train`; a second call (python -m) changes nothing
     try:
         main()
     except SystemExit as exit_:

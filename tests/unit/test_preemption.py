@@ -1,6 +1,7 @@
-"""Ranks agree on the stop signal at a step boundary: the strongest one any rank received, a requeue signal
-over SIGTERM. SLURM signals every task, but not at the same instant; if only rank 1's handler had run when the
-step ended, rank 0 must still save, and requeue the job, as rank 1 was asked to (illustrious.preemption.agree)."""
+"""Stop signals (illustrious.preemption). Ranks agree on the signal at a step boundary: the strongest one any rank
+received, a requeue signal over SIGTERM. SLURM signals every task, but not at the same instant; if only rank 1's
+handler had run when the step ended, rank 0 must still save, and requeue the job, as rank 1 was asked to. The
+command line records signals from its first line only when it trains in that process."""
 
 from __future__ import annotations
 
@@ -51,3 +52,28 @@ def test_two_ranks_agree_on_the_strongest_signal(tmp_path):
     expected = [None if want is None else int(want) for _, want in CASES]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"agreed.{rank}").read_text()) == expected, rank
+
+
+@pytest.mark.parametrize("argv,records", [
+    (["run.py"], True),
+    (["run.py", "trainer.max_steps=2", "objective=eps"], True),
+    (["run.py", "-m", "hydra/launcher=slurm", "objective=eps,flow"], False),  # a sweep: jobs run elsewhere
+    (["run.py", "--multirun", "objective=eps,flow"], False),
+    (["run.py", "--cfg", "job"], False),
+    (["run.py", "--help"], False),
+    (["run.py", "--info=searchpath"], False),
+])
+def test_the_command_line_records_stop_signals_from_the_start_only_when_it_trains_here(argv, records):
+    """A process that only submits a sweep, or prints help, must still stop on SIGTERM as usual."""
+    from illustrious.run import listen_if_training
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        listen_if_training(argv)
+        assert (signal.getsignal(signal.SIGTERM) is preemption._record) is records
+        with preemption.listen():  # the first listen() block takes over, then puts the original handlers back
+            assert signal.getsignal(signal.SIGTERM) is preemption._record
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        preemption._from_start.clear()
+        signal.signal(signal.SIGTERM, before)
