@@ -141,8 +141,8 @@ def _slurm_job() -> str | None:
 def slurm_job_preempted() -> bool:
     """Whether SLURM is preempting this job: its record carries a PreemptTime. A preemption sends SIGTERM (unless
     the cluster sets PreemptParameters=send_user_signal, which sends the job's --signal instead), as a user's
-    `scancel` does; only a preempted job is requeued after a SIGTERM. SLURM requeues a preempted job itself
-    only when its grace time runs out, not when it saves and exits sooner, as our runs do."""
+    `scancel` does; only a preempted job is requeued after a SIGTERM. A preempted job that saves and exits within
+    its grace time, as our runs do, is not requeued by SLURM (Slurm 22.05: it ends FAILED or COMPLETED)."""
     job = _slurm_job()
     if job is None:
         return False

@@ -13,8 +13,8 @@
 # step. Lightning's own SLURM auto-requeue is off (it would write hpc_ckpt_N.ckpt files
 # our loader does not read). The requeued job keeps its id, so it writes to the same RUN_DIR and resumes there
 # from the newest complete checkpoint. A preemption (SLURM's SIGTERM, with PreemptMode=REQUEUE) saves the same way;
-# rank 0 sees the job's PreemptTime and requeues it (SLURM itself would only when the partition's GraceTime ran
-# out), and the tasks exit 143. A plain `scancel` (SIGTERM, no PreemptTime) saves and exits 143 without a requeue.
+# rank 0 sees the job's PreemptTime and requeues it (SLURM does not requeue a preempted job that exits within the
+# partition's GraceTime), and the tasks exit 143. A plain `scancel` (SIGTERM, no PreemptTime) saves and exits 143 without a requeue.
 # Ranks act on the same signal at the same step even when it reaches them at different instants.
 #SBATCH --job-name=illustrious
 #SBATCH --nodes=1

@@ -266,8 +266,8 @@ def test_requeue_signal_on_one_rank_of_a_two_task_ddp_job_requeues_it_and_it_res
 def test_a_job_preempted_by_an_urgent_one_saves_requeues_and_resumes_exactly(tmp_path):
     """Preemption as SLURM does it (.ci/slurm_up.sh: PreemptType=preempt/partition_prio, PreemptMode=REQUEUE,
     GraceTime=120 on debug): a job in the higher-tier partition `urgent` needs the node, the training job gets
-    SIGTERM, saves, sees its PreemptTime and requeues itself (SLURM would requeue it only when the grace time
-    ran out), the urgent job runs, and the training job starts again and resumes with an uninterrupted run's losses."""
+    SIGTERM, saves, sees its PreemptTime and requeues itself (SLURM does not requeue a preempted job that
+    exits within its grace time), the urgent job runs, and the training job starts again and resumes with an uninterrupted run's losses."""
     straight = tmp_path / "straight"
     reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *REQUEUE_ARGS,
                                        f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
