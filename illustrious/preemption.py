@@ -111,10 +111,9 @@ def listen(signals=STOP_SIGNALS) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {s: signal.signal(s, _record) for s in signals}
     # after the block, the handlers from before listen_from_start() (not its recorder) are put back
-    previous = {s: early.get(s, signal.signal(s, _record)) for s in signals}
-    for s in signals:
-        signal.signal(s, _record)
+    previous.update((s, h) for s, h in early.items() if s in previous)
     _listening = tuple(signals)
     try:
         yield

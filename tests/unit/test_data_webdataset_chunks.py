@@ -4,6 +4,7 @@ captions it trains on), no sample is lost or put in two batches over a pass, and
 from __future__ import annotations
 
 import pytest
+import torch
 
 from illustrious.data.captions import CaptionPipeline
 from illustrious.data.loading.batching import SKIPPED_KEY
@@ -33,11 +34,16 @@ def grouped(tmp_path, module, **kw):
     return dm
 
 
-def test_prompt_chunks_count_as_the_samplers_counts_do(module):
+def test_prompt_chunks_count_the_chunks_the_backbone_encodes(module):
+    """The reference is the encoding itself: a prompt encoded alone comes out as chunks x 12 token states."""
     encoders = chunked_encoders(module.backbone)
+    length = encoders[0].tokenizer.model_max_length
     prompts = ["", "1girl", *(" ".join("ab" * k for _ in range(n)) for k in (1, 3) for n in range(1, 12))]
-    counts = ChunkCounts(prompts, lambda source, epoch, index: source, encoders)(0)
-    assert [PromptChunks(encoders)(p) for p in prompts] == list(counts) and set(counts) == {1, 2, 3}
+    with torch.no_grad():
+        encoded = [module.backbone.encode_text([p]).tokens.shape[1] // length for p in prompts]
+    assert set(encoded) == {1, 2, 3}
+    assert [PromptChunks(encoders)(p) for p in prompts] == encoded
+    assert list(ChunkCounts(prompts, lambda source, epoch, index: source, encoders)(0)) == encoded
 
 
 def test_every_batch_has_one_chunk_count_and_every_sample_one_batch(tmp_path, module):

@@ -87,27 +87,27 @@ class BucketBatcher:
                 continue
             meta, data = parsed
             bucket = int(self.buckets.assign([meta["width"]], [meta["height"]], self.settings.max_pixels)[0])
-            bucket = (bucket, self.chunk_count(meta, epoch))
-            pending.setdefault(bucket, []).append((meta, data))
+            key = (bucket, self.chunk_count(meta, epoch))
+            pending.setdefault(key, []).append((meta, data))
             held += 1
-            if len(pending[bucket]) >= self.batch_size or held > self.buffer:
-                if len(pending[bucket]) < self.batch_size:  # buffer full: emit the fullest group, filled up
-                    bucket = max(pending, key=lambda b: len(pending[b]))
-                group = pending.pop(bucket)
+            if len(pending[key]) >= self.batch_size or held > self.buffer:
+                if len(pending[key]) < self.batch_size:  # buffer full: emit the fullest group, filled up
+                    key = max(pending, key=lambda k: len(pending[k]))
+                group = pending.pop(key)
                 held -= len(group)
                 if skip:  # replaying up to a resume position
                     skip -= 1
                     continue
-                batch = self.decode(bucket[0], group, skipped, epoch)
+                batch = self.decode(key[0], group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
         if not self.drop_last:  # end of the stream: what is left, filled up from its own bucket
-            for bucket, group in pending.items():
+            for key, group in pending.items():
                 if skip:
                     skip -= 1
                     continue
-                batch = self.decode(bucket[0], group, skipped, epoch)
+                batch = self.decode(key[0], group, skipped, epoch)
                 if batch is not None:
                     yield batch
                     skipped = []
@@ -196,10 +196,9 @@ class BucketBatcher:
 def shard_caption_record(meta: dict, txt_style: str) -> dict:
     """A shard sample's caption record from its JSON metadata (`tags` by category), by the folder source's
     builder: the metadata flattened to the manifest row's columns."""
-    tags = {c: list((meta.get("tags") or {}).get(c) or []) for c in TAG_CATEGORIES}
     row = {c: meta.get(c) for c in CAPTION_FIELDS}
-    row.update((f"tags_{c}", names) for c, names in tags.items())
-    return caption_record(row, txt_style, tags)
+    row.update((f"tags_{c}", list((meta.get("tags") or {}).get(c) or [])) for c in TAG_CATEGORIES)
+    return caption_record(row, txt_style)
 
 
 def derived_field_problem(meta: dict) -> str | None:
