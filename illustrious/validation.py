@@ -250,6 +250,7 @@ RUN = {
     "objective.timesteps.uniform_fraction": number(0.1, min=0, max=1),
     "objective.weighting.gamma": number(5.0, above=0),
     "objective.weighting.max_snr": number(1000.0, above=0),
+    "objective.weighting.t_floor": number(0.05, above=0, max=1),
     "objective.noise.offset": number(0.05),
     "objective.noise.offset_random_strength": boolean(),
     "objective.noise.pyramid_iterations": integer(6, min=0),

@@ -1,5 +1,5 @@
 from illustrious.objectives.base import Objective
-from illustrious.objectives.flow import FlowObjective
+from illustrious.objectives.flow import FlowObjective, FlowXPrediction
 from illustrious.objectives.noise import GaussianNoise
 from illustrious.objectives.timesteps import (
     BiasedUniform,
@@ -9,9 +9,9 @@ from illustrious.objectives.timesteps import (
     Uniform,
 )
 from illustrious.objectives.vp import DiscreteVPObjective, EpsilonObjective, VPredictionObjective
-from illustrious.objectives.weighting import DebiasedEstimation, MinSNR
+from illustrious.objectives.weighting import DebiasedEstimation, MinSNR, VelocityLoss
 
 __all__ = [
-    "Objective", "DiscreteVPObjective", "EpsilonObjective", "VPredictionObjective", "FlowObjective",
-    "TimestepSampler", "Uniform", "LogitNormal", "ModeSampling", "BiasedUniform", "MinSNR", "DebiasedEstimation", "GaussianNoise",
+    "Objective", "DiscreteVPObjective", "EpsilonObjective", "VPredictionObjective", "FlowObjective", "FlowXPrediction",
+    "TimestepSampler", "Uniform", "LogitNormal", "ModeSampling", "BiasedUniform", "MinSNR", "DebiasedEstimation", "VelocityLoss", "GaussianNoise",
 ]

@@ -1,6 +1,6 @@
 """Per-sample loss weights, called as `weighting(t, objective) -> (n,)`.
 
-Both weightings are functions of the objective's SNR, alpha^2 / sigma^2, taken from its own schedule (so after
+MinSNR and DebiasedEstimation are functions of the objective's SNR, alpha^2 / sigma^2, taken from its own schedule (so after
 a zero-terminal-SNR rescale, the weights follow the rescaled schedule, as kohya's `all_snr` does).
 """
 
@@ -32,6 +32,32 @@ class MinSNR(nn.Module):
         snr = objective.snr(t).float()
         eps_weight = self.gamma / snr.clamp(min=self.gamma)
         return eps_weight * objective.eps_scale(t).float() ** 2
+
+
+class VelocityLoss(nn.Module):
+    """The objective's target error measured as the velocity error it makes (JiT's "v-loss", Li & He 2025), for
+    flow-schedule objectives: v = noise - x0, weight (d v / d prediction)^2 at fixed x_t, read off `to_eps` and
+    `to_x0` (both linear in the prediction). flow: 1 everywhere (its target is v); flow_x0: 1 / t^2. The time is
+    floored at `t_floor` first, as JiT floors the 1 / t it divides by (0.05), so the weight stays finite near 0.
+    """
+
+    def __init__(self, t_floor: float = 0.05):
+        super().__init__()
+        if not 0 < t_floor <= 1:
+            raise ConfigError(f"objective.weighting.t_floor={t_floor}: must be in (0, 1] (JiT uses 0.05).")
+        self.t_floor = t_floor
+
+    def check(self, objective) -> None:
+        from illustrious.objectives.flow import FlowObjective
+
+        if not isinstance(objective, FlowObjective):
+            raise ConfigError(f"objective.weighting=velocity measures the error as a rectified-flow velocity; "
+                              f"{type(objective).__name__} is not a flow objective. Use objective=flow or flow_x0.")
+
+    def forward(self, t: Tensor, objective) -> Tensor:
+        t = t.float().clamp(min=self.t_floor)
+        x, one = torch.zeros(t.shape[0], 1, device=t.device), torch.ones(t.shape[0], 1, device=t.device)
+        return (objective.to_eps(x, one, t) - objective.to_x0(x, one, t)).reshape(-1) ** 2
 
 
 def _debiased_eps(snr: Tensor) -> Tensor:

@@ -103,6 +103,7 @@ def export_backbone(backbone, objective, fmt: str, out: str | Path, *, dtype: st
         raise ConfigError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}.")
     _check_latent(backbone, fmt)
     kind = markers.of_objective(objective)
+    markers.check_exportable(kind)
     out = Path(out).expanduser()
     title = title or out.stem
     meta = modelspec(fam, kind, title, resolution)

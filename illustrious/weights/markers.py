@@ -27,12 +27,13 @@ MODELSPEC_PREDICTION = "modelspec.prediction_type"
 TO_MODELSPEC = {"eps": "epsilon", "v": "v", "flow": "flow"}
 FROM_NAME = {"epsilon": "eps", "eps": "eps", "v": "v", "v_prediction": "v", "flow": "flow", "flow_matching": "flow",
              "rectified_flow": "flow"}
-DESCRIPTIONS = {"eps": "epsilon-prediction", "v": "v-prediction", "flow": "rectified-flow"}
+DESCRIPTIONS = {"eps": "epsilon-prediction", "v": "v-prediction", "flow": "rectified-flow",
+                "flow_x0": "rectified-flow x0-prediction"}
 
 
 @dataclass(frozen=True)
 class PredictionType:
-    prediction: str  # "eps" | "v" | "flow"
+    prediction: str  # "eps" | "v" | "flow" | "flow_x0" (trained here only: no file format marks it)
     zero_terminal_snr: bool = False
     source: str = ""  # what said so, for messages
 
@@ -49,6 +50,15 @@ def marker_tensors(kind: PredictionType) -> dict[str, torch.Tensor]:
     """The state-dict keys ComfyUI reads (empty tensors, as ComfyUI itself saves them)."""
     keys = {V_PRED_KEY: kind.prediction == "v", ZTSNR_KEY: kind.zero_terminal_snr}
     return {k: torch.tensor([]) for k, wanted in keys.items() if wanted}
+
+
+def check_exportable(kind: PredictionType) -> None:
+    """Refuse a prediction type that no tool reading these formats can sample."""
+    if kind.prediction not in TO_MODELSPEC:
+        raise ConfigError(f"This model is trained for {kind.describe()} (objective=flow_x0). ComfyUI, A1111 and "
+                          "diffusers sample eps, v and flow (velocity) models only, and would read its output as a "
+                          "velocity. Sample it here (python -m illustrious.sample), or train with objective=flow "
+                          "to export.")
 
 
 def marker_metadata(kind: PredictionType) -> dict[str, str]:

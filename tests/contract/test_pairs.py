@@ -10,7 +10,7 @@ from illustrious.checkpoint_io import load_checkpoint_file
 from illustrious.train import train
 
 BACKBONES = ["sdxl_tiny", "lumina_tiny"]
-OBJECTIVES = ["eps", "vpred", "flow"]
+OBJECTIVES = ["eps", "vpred", "flow", "flow_x0"]
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

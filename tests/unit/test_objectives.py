@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-from illustrious.objectives import EpsilonObjective, FlowObjective, VPredictionObjective
+from illustrious.objectives import EpsilonObjective, FlowObjective, FlowXPrediction, VPredictionObjective
 from illustrious.objectives.timesteps import LogitNormal, Uniform, shift_time
 
 OBJECTIVES = {
@@ -12,6 +12,7 @@ OBJECTIVES = {
     "vpred": lambda: VPredictionObjective(),
     "vpred_ztsnr": lambda: VPredictionObjective(zero_terminal_snr=True),
     "flow": lambda: FlowObjective(),
+    "flow_x0": lambda: FlowXPrediction(),
 }
 
 
@@ -260,10 +261,79 @@ def test_eps_scale_is_how_a_prediction_error_moves_the_noise(name):
     t = obj.sample_t(16, generator=g)
     x_t, pred, err = (torch.randn(16, 5, generator=g) for _ in range(3))
     moved = obj.to_eps(x_t, pred + err, t) - obj.to_eps(x_t, pred, t)
-    torch.testing.assert_close(moved, obj.eps_scale(t)[:, None] * err, rtol=1e-5, atol=1e-6)
+    # |d eps / d prediction| (x0-prediction moves the noise against the error: eps = (x_t - (1 - t) x0) / t)
+    torch.testing.assert_close(moved.abs(), obj.eps_scale(t)[:, None] * err.abs(), rtol=1e-5, atol=1e-5)
     alpha, _ = obj.alpha_sigma(t)
-    expected = {"eps": torch.ones_like(t), "vpred": alpha, "vpred_ztsnr": alpha, "flow": 1 - t}[name]
+    expected = {"eps": torch.ones_like(t), "vpred": alpha, "vpred_ztsnr": alpha, "flow": 1 - t,
+                "flow_x0": (1 - t) / t}[name]
     torch.testing.assert_close(obj.eps_scale(t), expected)
+
+
+# -- flow with x0-prediction (JiT) ---------------------------------------------------------------------------
+def test_flow_x0_is_flow_with_the_clean_image_as_output():
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(16, 3, 4, 4, generator=g), torch.randn(16, 3, 4, 4, generator=g)
+    t = torch.rand(16, generator=g)
+    flow, x_pred = FlowObjective(), FlowXPrediction()
+    torch.testing.assert_close(x_pred.add_noise(x0, noise, t), flow.add_noise(x0, noise, t))
+    torch.testing.assert_close(x_pred.target(x0, noise, t), x0)
+    torch.testing.assert_close(x_pred.sampling_times(20, shift=3.0), flow.sampling_times(20, shift=3.0))
+    # the same clean estimate, read from either output: a velocity v and the x0 it implies, x_t - t v
+    x_t, v = flow.add_noise(x0, noise, t), torch.randn(16, 3, 4, 4, generator=g)
+    x0_of_v = flow.to_x0(x_t, v, t)
+    torch.testing.assert_close(x_pred.to_x0(x_t, x0_of_v, t), x0_of_v)
+    torch.testing.assert_close(x_pred.to_eps(x_t, x0_of_v, t), flow.to_eps(x_t, v, t), atol=1e-4, rtol=1e-4)
+
+
+def test_velocity_weighting_is_jits_v_loss():
+    from illustrious.objectives.weighting import VelocityLoss
+
+    g = torch.Generator().manual_seed(5)
+    x0, noise, x0_hat = (torch.randn(64, 3, 4, 4, generator=g) for _ in range(3))
+    t = torch.rand(64, generator=g) * 0.95 + 0.05  # above JiT's floor
+    x_pred = FlowXPrediction(weighting=VelocityLoss())
+    x_t = x_pred.add_noise(x0, noise, t)
+    # JiT (Li & He 2025, algorithm 1): v_pred = (z - x_pred) / (1 - t_jit), v = (z - x) / (1 - t_jit), loss
+    # |v - v_pred|^2, with t_jit = 1 - t here (its time runs from noise at 0 to clean at 1)
+    v_hat, v = (x_t - x0_hat) / t[:, None, None, None], (x_t - x0) / t[:, None, None, None]
+    jit = (v - v_hat).pow(2).flatten(1).mean(1)
+    ours = (x0_hat - x0).pow(2).flatten(1).mean(1) * x_pred.loss_weight(t)
+    torch.testing.assert_close(ours, jit, rtol=1e-4, atol=1e-5)
+    # below the floor the divisor is the floor: JiT's clip of (1 - t_jit) at 0.05
+    small = torch.tensor([0.0, 0.01, 0.05, 0.5])
+    torch.testing.assert_close(x_pred.loss_weight(small), 1 / small.clamp(min=0.05) ** 2)
+    # flow's target already is the velocity: weight 1
+    torch.testing.assert_close(FlowObjective(weighting=VelocityLoss()).loss_weight(t), torch.ones(64))
+
+
+def test_velocity_weighting_refuses_non_flow_objectives_and_bad_floors():
+    from illustrious.errors import ConfigError
+    from illustrious.objectives.weighting import VelocityLoss
+
+    with pytest.raises(ConfigError, match="not a flow objective"):
+        EpsilonObjective(weighting=VelocityLoss())
+    with pytest.raises(ConfigError, match="t_floor"):
+        VelocityLoss(t_floor=0.0)
+
+
+def test_min_snr_on_flow_x0_is_the_papers_x0_form():
+    from illustrious.objectives.weighting import MinSNR
+
+    t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    snr = ((1 - t) / t) ** 2
+    torch.testing.assert_close(FlowXPrediction(weighting=MinSNR(5.0)).loss_weight(t), snr.clamp(max=5.0))
+
+
+def test_flow_x0_config_is_jits_recipe(make_config):
+    from illustrious.config import instantiate
+    from illustrious.objectives.weighting import VelocityLoss
+
+    obj = instantiate(make_config("objective=flow_x0").objective)
+    assert isinstance(obj, FlowXPrediction) and isinstance(obj.weighting, VelocityLoss) and obj.weighting.t_floor == 0.05
+    assert isinstance(obj.timesteps, LogitNormal) and (obj.timesteps.mean, obj.timesteps.std) == (0.8, 0.8)
+    # JiT's P_mean = -0.8 in its clean-at-1 time is +0.8 here: the median draw is sigmoid(0.8)
+    t = obj.sample_t(20001, generator=torch.Generator().manual_seed(0))
+    assert abs(t.median().item() - torch.sigmoid(torch.tensor(0.8)).item()) < 0.01
 
 
 def test_objective_configs_compose_and_switch(make_config):

@@ -107,6 +107,17 @@ def test_markers_written_round_trip_and_objective_check():
     markers.check_objective(vpred, EpsilonObjective(), enabled=False)
 
 
+def test_flow_x0_models_refuse_pretrained_flow_weights_and_export():
+    from illustrious.objectives import FlowXPrediction
+
+    lumina = markers.PredictionType("flow", False, "lumina2 (Lumina-2 is a flow model)")
+    with pytest.raises(ConfigError, match=r"rectified-flow \(from lumina2.*rectified-flow x0-prediction"):
+        markers.check_objective(lumina, FlowXPrediction())
+    # no file format marks an x0-predicting flow model, and every reader would take its output for a velocity
+    with pytest.raises(ConfigError, match="objective=flow_x0.*velocity"):
+        markers.check_exportable(markers.of_objective(FlowXPrediction()))
+
+
 def test_one_pickle_reader_for_checkpoints_and_weights(tmp_path, monkeypatch):
     """Training checkpoints and weight files read pickles through `read_pickle` alone (one refusal, one
     `weights_only=True` load); no other module of the package calls torch.load."""
