@@ -1,7 +1,8 @@
 """Per-sample loss weights, called as `weighting(t, objective) -> (n,)`.
 
-MinSNR and DebiasedEstimation are functions of the objective's SNR, alpha^2 / sigma^2, taken from its own schedule (so after
-a zero-terminal-SNR rescale, the weights follow the rescaled schedule, as kohya's `all_snr` does).
+MinSNR and DebiasedEstimation are functions of the objective's SNR, alpha^2 / sigma^2, taken from its own
+schedule (so after a zero-terminal-SNR rescale, the weights follow the rescaled schedule, as kohya's `all_snr`
+does). VelocityLoss measures a flow objective's error on the velocity it implies.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from illustrious.errors import ConfigError
+from illustrious.objectives.flow import FlowObjective
 
 
 class MinSNR(nn.Module):
@@ -48,8 +50,6 @@ class VelocityLoss(nn.Module):
         self.t_floor = t_floor
 
     def check(self, objective) -> None:
-        from illustrious.objectives.flow import FlowObjective
-
         if not isinstance(objective, FlowObjective):
             raise ConfigError(f"objective.weighting=velocity measures the error as a rectified-flow velocity; "
                               f"{type(objective).__name__} is not a flow objective. Use objective=flow or flow_x0.")

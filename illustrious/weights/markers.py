@@ -8,7 +8,7 @@
 - A diffusers folder's `scheduler/scheduler_config.json`: `prediction_type`, `rescale_betas_zero_snr`, or a
   flow-matching scheduler class.
 
-Names follow `Objective.prediction`: "eps", "v", "flow".
+Names follow `Objective.prediction`: "eps", "v", "flow" (and "flow_x0", which no file format marks: refused for export).
 """
 
 from __future__ import annotations
