@@ -91,19 +91,25 @@ def _check_latent(backbone, fmt: str) -> None:
                           "(backbone=sdxl, lumina, or the *_tiny_vae test flavors) to export it.")
 
 
-def export_backbone(backbone, objective, fmt: str, out: str | Path, *, dtype: str = "fp16", overwrite: bool = False,
-                    title: str | None = None, run_config: Mapping | None = None, provenance: Mapping | None = None,
-                    resolution: int | None = None) -> Path:
-    """Write `backbone` (trained with `objective`) to `out` in format `fmt`; returns the path written."""
-    fam = family(backbone)
+def check_export(backbone, objective, fmt: str, dtype: str) -> None:
+    """Everything that decides whether `export_backbone` can write this model in `fmt`, checked without writing
+    (the export callback calls it before training, so a run never trains to fail at its export)."""
+    family(backbone)
     known = FORMATS[type(backbone).__name__]
     if fmt not in known:
         raise ConfigError(f"format={fmt!r} is not one of {type(backbone).__name__}'s export formats: {', '.join(known)}.")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}.")
     _check_latent(backbone, fmt)
-    kind = markers.of_objective(objective)
-    markers.check_exportable(kind)
+    markers.check_exportable(markers.of_objective(objective))
+
+
+def export_backbone(backbone, objective, fmt: str, out: str | Path, *, dtype: str = "fp16", overwrite: bool = False,
+                    title: str | None = None, run_config: Mapping | None = None, provenance: Mapping | None = None,
+                    resolution: int | None = None) -> Path:
+    """Write `backbone` (trained with `objective`) to `out` in format `fmt`; returns the path written."""
+    check_export(backbone, objective, fmt, dtype)
+    fam, known, kind = family(backbone), FORMATS[type(backbone).__name__], markers.of_objective(objective)
     out = Path(out).expanduser()
     title = title or out.stem
     meta = modelspec(fam, kind, title, resolution)

@@ -23,14 +23,17 @@ class ExportAtEnd(Callback):
         self.title = title
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from illustrious.weights.export import formats_for
+        from illustrious.weights.export import check_export, formats_for
 
+        # say so before training, not after it
         unknown = set(self.formats) - set(formats_for(pl_module.backbone))
-        if unknown:  # say so before training, not after it
+        if unknown:
             from illustrious.errors import ConfigError
 
             raise ConfigError(f"callbacks.export.formats: {sorted(unknown)} are not export formats of "
                               f"{type(pl_module.backbone).__name__} ({', '.join(formats_for(pl_module.backbone))}).")
+        for fmt in self.formats:  # a pixel-space model, an unknown dtype, a prediction no format marks
+            check_export(pl_module.backbone, pl_module.objective, fmt, self.dtype)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
