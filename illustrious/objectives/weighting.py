@@ -56,7 +56,7 @@ class VelocityLoss(nn.Module):
 
     def forward(self, t: Tensor, objective) -> Tensor:
         t = t.float().clamp(min=self.t_floor)
-        x, one = torch.zeros(t.shape[0], 1, device=t.device), torch.ones(t.shape[0], 1, device=t.device)
+        x, one = t.new_zeros(t.shape[0], 1), t.new_ones(t.shape[0], 1)
         return (objective.to_eps(x, one, t) - objective.to_x0(x, one, t)).reshape(-1) ** 2
 
 

@@ -261,8 +261,9 @@ def test_eps_scale_is_how_a_prediction_error_moves_the_noise(name):
     t = obj.sample_t(16, generator=g)
     x_t, pred, err = (torch.randn(16, 5, generator=g) for _ in range(3))
     moved = obj.to_eps(x_t, pred + err, t) - obj.to_eps(x_t, pred, t)
-    # |d eps / d prediction| (x0-prediction moves the noise against the error: eps = (x_t - (1 - t) x0) / t)
-    torch.testing.assert_close(moved.abs(), obj.eps_scale(t)[:, None] * err.abs(), rtol=1e-5, atol=1e-5)
+    # eps_scale is |d eps / d prediction|; x0-prediction moves the noise against the error (eps = (x_t - (1 - t) x0) / t)
+    sign = -1 if name == "flow_x0" else 1
+    torch.testing.assert_close(moved, sign * obj.eps_scale(t)[:, None] * err, rtol=1e-5, atol=1e-5)
     alpha, _ = obj.alpha_sigma(t)
     expected = {"eps": torch.ones_like(t), "vpred": alpha, "vpred_ztsnr": alpha, "flow": 1 - t,
                 "flow_x0": (1 - t) / t}[name]
