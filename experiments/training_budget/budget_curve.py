@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from illustrious.callbacks.composition import METRICS
 from illustrious.data.sources.shapes import BACKGROUNDS, Layout
 from illustrious.eval.composition import background_mask, colour_map
-
-FIGURES = {"composition": "eval/composition_accuracy", "shape": "eval/shape_accuracy",
-           "background": "eval/background_accuracy", "cleanliness": "eval/background_std"}
 
 
 def background_levels(samples: Path) -> dict[str, float]:
@@ -53,7 +51,7 @@ def run(steps: int, seed: int, out: Path) -> dict:
     seconds = time.perf_counter() - start
     judged = json.loads((folder / "composition.json").read_text())
     return {"steps": steps, "seed": seed, "seconds": round(seconds, 1),
-            **{name: judged[key] for name, key in FIGURES.items()},
+            **{name: judged[key] for name, key in METRICS.items()},
             "background_levels": background_levels(folder / "composition_samples.npz")}
 
 
