@@ -111,7 +111,11 @@ class RunCheckpoint(Checkpoint):
         if self.requeue and isinstance(env, SLURMEnvironment) and trainer.is_global_zero and (
                 signum in preemption.REQUEUE_SIGNALS or preemption.slurm_job_preempted()):
             requeued = preemption.requeue_slurm_job()
-        raise preemption.TrainingInterrupted(signum, str(self.last_saved) if self.last_saved else None, requeued)
+        stop = preemption.TrainingInterrupted(signum, str(self.last_saved) if self.last_saved else None, requeued)
+        # said now, not after the unwinding: a requeue makes SLURM kill the job within moments
+        log.warning("%s", stop)
+        stop.reported = True
+        raise stop
 
     # -- its own state (nothing about paths: a copied run folder saves into its own) -----------------------
     def state_dict(self) -> dict:

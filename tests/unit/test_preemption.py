@@ -77,3 +77,26 @@ def test_the_command_line_records_stop_signals_from_the_start_only_when_it_train
     finally:
         preemption._from_start.clear()
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_requeued_run_says_so_before_slurm_can_kill_it(tmp_path, monkeypatch, caplog):
+    """`scontrol requeue` makes SLURM kill the job within moments, often before the exception has unwound
+    through Lightning to the command line: the interruption is logged where it is raised, right after the
+    requeue, and the command line does not log it twice."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from illustrious.callbacks.checkpointing import RunCheckpoint
+
+    monkeypatch.setattr(preemption, "requeue_slurm_job", lambda: True)
+    callback = RunCheckpoint(str(tmp_path / "checkpoints"))
+    callback.last_saved = tmp_path / "checkpoints" / "step-00000006.safetensors"
+    trainer = SimpleNamespace(is_global_zero=True, _accelerator_connector=SimpleNamespace(
+        cluster_environment=SLURMEnvironment(auto_requeue=False)))
+    with caplog.at_level("WARNING"), pytest.raises(preemption.TrainingInterrupted) as stop:
+        callback._stop(trainer, USR2)
+    expected = (f"Interrupted by SIGUSR2: state saved to {callback.last_saved}; requeued with SLURM "
+                f"(exit status {128 + USR2}).")
+    assert str(stop.value) == expected and stop.value.reported
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [expected]
