@@ -263,19 +263,27 @@ def test_requeue_signal_on_one_rank_of_a_two_task_ddp_job_requeues_it_and_it_res
     assert_same_losses(straight, run, REQUEUE_STEPS)
 
 
+# Preemption has the scheduler in the loop (the urgent job is submitted, scheduled, and preempts): 2-3 s on the CI
+# node, as long as 24 of these steps take, so this run is ten times longer and the preemption lands mid-run; it saves
+# only when stopped and at the end (every_n_train_steps=0), so each start logs one save.
+PREEMPT_STEPS = 10 * REQUEUE_STEPS
+PREEMPT_ARGS = [o for o in REQUEUE_ARGS if not o.startswith(("trainer.max_steps", "callbacks.checkpoint.every_n"))] + [
+    f"trainer.max_steps={PREEMPT_STEPS}", "callbacks.checkpoint.every_n_train_steps=0"]
+
+
 def test_a_job_preempted_by_an_urgent_one_saves_requeues_and_resumes_exactly(tmp_path):
     """Preemption as SLURM does it (.ci/slurm_up.sh: PreemptType=preempt/partition_prio, PreemptMode=REQUEUE,
     GraceTime=120 on debug): a job in the higher-tier partition `urgent` needs the node, the training job gets
     SIGTERM, saves, sees its PreemptTime and requeues itself (SLURM does not requeue a preempted job that
     exits within its grace time), the urgent job runs, and the training job starts again and resumes with an uninterrupted run's losses."""
     straight = tmp_path / "straight"
-    reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *REQUEUE_ARGS,
+    reference_proc = subprocess.Popen([sys.executable, "-m", "illustrious.run", *PREEMPT_ARGS,
                                        f"hydra.run.dir={straight}"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
     # the whole node (as SLURM counts its CPUs), so the urgent job must preempt it
     cpus = int(subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%c"], capture_output=True, text=True,
                               timeout=60).stdout.split()[0].rstrip("+"))
-    job, run, log = submit_training(tmp_path, "preempted", REQUEUE_ARGS, f"--cpus-per-task={cpus}")
+    job, run, log = submit_training(tmp_path, "preempted", PREEMPT_ARGS, f"--cpus-per-task={cpus}")
     text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
     urgent = None
     try:
@@ -297,8 +305,8 @@ def test_a_job_preempted_by_an_urgent_one_saves_requeues_and_resumes_exactly(tmp
     first, second = output.split(f"job {job} (restart ")[1:]
     assert "Received SIGTERM" in first and f"Requeued SLURM job {job}." in first, first[-3000:]
     assert "Interrupted by SIGTERM" in first and "exit status 143" in first, first[-3000:]
-    assert len(saved_steps(first)) == 1 and 2 <= saved_steps(first)[0] < REQUEUE_STEPS, first[-3000:]
-    assert f"Resuming from {run / 'checkpoints'}" in second and saved_steps(second) == [REQUEUE_STEPS], second[-3000:]
+    assert len(saved_steps(first)) == 1 and 2 <= saved_steps(first)[0] < PREEMPT_STEPS, first[-3000:]
+    assert f"Resuming from {run / 'checkpoints'}" in second and saved_steps(second) == [PREEMPT_STEPS], second[-3000:]
     reference_out, _ = reference_proc.communicate(timeout=900)
     assert reference_proc.returncode == 0, reference_out[-3000:]
-    assert_same_losses(straight, run, REQUEUE_STEPS)
+    assert_same_losses(straight, run, PREEMPT_STEPS)
