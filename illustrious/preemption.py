@@ -3,9 +3,10 @@ at the next step boundary and an exit status that says the run was interrupted.
 
 `listen()` (around the whole of `train()`, so a signal while the model still loads is kept, not fatal) installs
 handlers that only record the signal; `RunCheckpoint` (illustrious.callbacks.checkpointing)
-looks at `received()` after every step, saves, requeues under SLURM when the signal asked for it, and raises
-`TrainingInterrupted`, whose `exit_code` (128 + the signal number, as a shell reports a process killed by
-it: 143 for SIGTERM, 138 for SIGUSR1) the command line exits with. A scheduler therefore never records a
+looks at `received()` after every step, saves, requeues under SLURM when the signal asked for it, logs the
+interruption at once (a requeue makes SLURM kill the job within moments) and raises `TrainingInterrupted`, whose
+`exit_code` (128 + the signal number, as a shell reports a process killed by it: 143 for SIGTERM, 138 for SIGUSR1)
+the command line exits with. A scheduler therefore never records a
 preempted run as a success, and the next start resumes from the checkpoint written on the way out.
 
 One handler, ours: under SLURM `train()` gives Lightning a `SLURMEnvironment(auto_requeue=False)`, so Lightning
