@@ -48,7 +48,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, checkpoint: str | None, requeued: bool = False):
         self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
         self.exit_code = 128 + signum
-        self.reported = False  # whether its message was logged where it was raised
         name = signal.Signals(signum).name
         saved = f"state saved to {checkpoint}" if checkpoint else "no checkpoint could be written"
         then = "requeued with SLURM" if requeued else "start the same command again to resume"

@@ -49,9 +49,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
             metrics, _ = train(cfg)
-    except TrainingInterrupted as stop:  # saved and stopped on a signal: never exit 0 (see illustrious.preemption)
-        if not stop.reported:
-            logging.getLogger(__name__).warning("%s", stop)
+    except TrainingInterrupted as stop:  # saved, logged and stopped on a signal: never exit 0 (illustrious.preemption)
         sys.exit(stop.exit_code)
     # the value a sweeper optimises, when one is configured
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None

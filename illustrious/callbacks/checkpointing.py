@@ -112,9 +112,9 @@ class RunCheckpoint(Checkpoint):
                 signum in preemption.REQUEUE_SIGNALS or preemption.slurm_job_preempted()):
             requeued = preemption.requeue_slurm_job()
         stop = preemption.TrainingInterrupted(signum, str(self.last_saved) if self.last_saved else None, requeued)
-        # said now, not after the unwinding: a requeue makes SLURM kill the job within moments
+        # said here, the one place it is raised, not after the unwinding: a requeue makes SLURM kill the job
+        # within moments
         log.warning("%s", stop)
-        stop.reported = True
         raise stop
 
     # -- its own state (nothing about paths: a copied run folder saves into its own) -----------------------
