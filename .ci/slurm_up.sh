@@ -10,6 +10,20 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 fi
 
+# Start from nothing: an earlier run on this machine that was killed (or is still going) leaves daemons and saved
+# jobs behind, and slurmctld would recover a job still holding the node, which then never shows idle (a stop's CI
+# failed so, "SLURM did not come up", on a job recovered from a run killed minutes before).
+kill_tree() {  # a job step's slurmstepd ignores SIGTERM, and its job's processes outlive it
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill -9 "$1" 2>/dev/null || true
+}
+for daemon in slurmctld slurmd; do pkill -x "$daemon" 2>/dev/null || true; done
+for stepd in $(pgrep -x slurmstepd || true); do kill_tree "$stepd"; done
+for _ in $(seq 1 20); do pgrep -x 'slurmctld|slurmd|slurmstepd' >/dev/null || break; sleep 0.5; done
+rm -f "$STATE/slurmctld.pid" "$STATE/slurmd.pid"
+rm -rf "$STATE/ctld" "$STATE/d"
+
 host=$(hostname -s)
 cpus=$(nproc)
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
