@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start a one-node SLURM cluster on this machine (Debian 12, root): munge, slurmctld, slurmd.
 # Settings follow shared/ENVIRONMENT.md. Stop it with .ci/slurm_down.sh (which stops only what this started).
+# For CI and dev machines only: it writes /etc/slurm/slurm.conf and first stops any slurmctld/slurmd running here.
 set -euo pipefail
 
 STATE=${SLURM_CI_STATE:-/var/spool/illustrious-slurm}
