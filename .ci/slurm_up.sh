@@ -19,9 +19,13 @@ kill_tree() {  # a job step's slurmstepd ignores SIGTERM, and its job's processe
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
     kill -9 "$1" 2>/dev/null || true
 }
+running() { pgrep -x slurmctld || pgrep -x slurmd || pgrep -x slurmstepd; }  # pgrep -x: names, one at a time
 for daemon in slurmctld slurmd; do pkill -x "$daemon" 2>/dev/null || true; done
 for stepd in $(pgrep -x slurmstepd || true); do kill_tree "$stepd"; done
-for _ in $(seq 1 20); do pgrep -x 'slurmctld|slurmd|slurmstepd' >/dev/null || break; sleep 0.5; done
+for _ in $(seq 1 20); do running >/dev/null || break; sleep 0.5; done
+for daemon in slurmctld slurmd; do  # one that ignored SIGTERM would keep its port from the new one
+    pkill -9 -x "$daemon" 2>/dev/null || true
+done
 rm -f "$STATE/slurmctld.pid" "$STATE/slurmd.pid"
 rm -rf "$STATE/ctld" "$STATE/d"
 
