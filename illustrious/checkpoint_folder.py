@@ -157,6 +157,11 @@ def resume_checkpoint(dirpath: str | Path, ckpt_path: str | None = None, resume:
                 f"{', '.join(p.name for p in bad)}. Set resume=false to start over, or ckpt_path=<a good file>.")
     if ckpt_path:
         path = Path(ckpt_path).expanduser()
+        if not path.exists():
+            from illustrious.errors import MissingPathError
+
+            raise MissingPathError(f"ckpt_path={ckpt_path} does not exist: give a checkpoint a run wrote "
+                                   "(<output_dir>/checkpoints/*.safetensors), or leave ckpt_path unset.")
         log.info("Starting from ckpt_path=%s", path)
         return path, read_verified(path, allow_pickle)
     return None

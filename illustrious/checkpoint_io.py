@@ -25,6 +25,7 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from illustrious.errors import ConfigError
 from illustrious.utils.files import atomic_save
 
 STRUCTURE_KEY = "illustrious.checkpoint"
@@ -85,6 +86,11 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteError(ValueError):
     """Weights or optimizer state with NaN/Inf values, refused on save and on load."""
+
+
+class RefusedStartCheckpoint(ConfigError, CheckpointError):
+    """The checkpoint a run is told to start or resume from cannot be used. Found before any work starts, it is
+    reported like a bad setting (one message, no stack trace), and is still a CheckpointError to code."""
 
 
 # Subtrees whose floating tensors must be finite: the weights (also EMA's swapped-in copy) and the optimizer.

@@ -11,6 +11,11 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; raised before any model is built or data is read."""
 
 
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A setting names a file or folder that does not exist. Reported like any configuration error, and still a
+    FileNotFoundError for code that catches that."""
+
+
 def config_error_message(error: BaseException) -> str | None:
     """The one-line-per-problem message for a configuration error; None for any other exception."""
     from omegaconf.errors import MissingMandatoryValue

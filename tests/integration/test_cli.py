@@ -107,8 +107,19 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
     ("illustrious.cache_latents", ["data.root=/nowhere", "batch_size=0"],
      "batch_size=0: needs a whole number (int) >= 1, e.g. batch_size=16"),
     ("illustrious.make_shards", ["data.root=/nowhere"], "Set out=/path/to/shards"),
+    # paths and sizes found wrong before the first step, after the config has composed
+    ("illustrious.run", ["data=folder", "data.root=/nowhere"],
+     "data.root=/nowhere does not exist. Point it at your image folder."),
+    ("illustrious.run", ["data=webdataset", "data.urls=/nowhere/shard-000000.tar"],
+     "1 of 1 shards of data.urls do not exist, e.g. /nowhere/shard-000000.tar."),
+    ("illustrious.run", ["ckpt_path=missing.safetensors"], "ckpt_path=missing.safetensors does not exist"),
+    ("illustrious.run", ["ckpt_path=not_a_checkpoint.safetensors"],
+     "not_a_checkpoint.safetensors is truncated or not a safetensors file"),
+    ("illustrious.run", ["data.width=30"],
+     "data.height=32 and data.width=30 must be multiples of 4 for this backbone, e.g. data.height=32 data.width=28."),
 ])
 def test_config_errors_print_one_message_without_a_trace(module, args, message, tmp_path):
+    (tmp_path / "not_a_checkpoint.safetensors").write_bytes(b"\xff" * 1000)  # an absurd header length
     proc = run_command(module, *args, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"Configuration error: {message}") or f"\nConfiguration error: {message}" in proc.stderr, \

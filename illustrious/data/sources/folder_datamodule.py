@@ -43,7 +43,7 @@ from illustrious.data.sources.bucketed_datamodule import BucketedDataModule
 from illustrious.data.sources.folder_dataset import BucketBatches, FolderSamples
 from illustrious.data.sources.held_out import check_split, held_out_mask, validation_batches
 from illustrious.data.storage.latent_cache import LatentCache, open_latent_cache, stamp
-from illustrious.errors import ConfigError
+from illustrious.errors import ConfigError, MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ class FolderDataModule(BucketedDataModule):
         if self.selection is not None:
             return
         if not self.root.exists():
-            raise FileNotFoundError(f"data.root={self.root} does not exist. Point it at your image folder.")
+            raise MissingPathError(f"data.root={self.root} does not exist. Point it at your image folder.")
         if not self.root.is_dir():
             raise ConfigError(f"data.root={self.root} is a file, not a folder of images.")
         if self.latent_cache is not None and not self.latent_cache.is_dir():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"data.latent_cache={self.latent_cache} does not exist. Make it first: python -m "
                 f"illustrious.cache_latents backbone=<the same backbone> data=folder data.root={self.root} "
                 f"data.latent_cache={self.latent_cache}")

@@ -60,7 +60,9 @@ class ShapesDataModule(L.LightningDataModule):
     def check_pixel_multiple(self, multiple: int) -> None:
         h, w = self.image_size
         if h % multiple or w % multiple:
-            raise ValueError(f"data.height={h} and data.width={w} must be multiples of {multiple} for this backbone.")
+            fit_h, fit_w = (max(multiple, side // multiple * multiple) for side in (h, w))
+            raise ConfigError(f"data.height={h} and data.width={w} must be multiples of {multiple} for this backbone, "
+                              f"e.g. data.height={fit_h} data.width={fit_w}.")
 
     def caption_sources(self) -> CaptionSources:
         return CaptionSources(len(self.dataset), self.dataset.caption_source)

@@ -51,7 +51,7 @@ from illustrious.data.sources.webdataset_stream import (
     shard_caption_record,
 )
 from illustrious.data.storage.shard_writer import INDEX
-from illustrious.errors import ConfigError
+from illustrious.errors import ConfigError, MissingPathError
 
 log = logging.getLogger(__name__)
 REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://")
@@ -131,7 +131,7 @@ class WebDataModule(BucketedDataModule):
             folder = Path(spec).expanduser()
             index_file = folder / INDEX
             if not index_file.is_file():
-                raise FileNotFoundError(f"data.urls={folder} is a folder without {INDEX}: write shards with python -m "
+                raise MissingPathError(f"data.urls={folder} is a folder without {INDEX}: write shards with python -m "
                                         "illustrious.make_shards, or give the shards as a brace pattern.")
             index = json.loads(index_file.read_text())
             self.urls = [str(folder / s["url"]) for s in index["shards"] if s["count"] > 0]
@@ -143,7 +143,7 @@ class WebDataModule(BucketedDataModule):
         self._hold_out_shards(counts)
         local_missing = [u for u in self.urls if not u.startswith(REMOTE) and not Path(u).expanduser().is_file()]
         if local_missing:
-            raise FileNotFoundError(f"{len(local_missing)} of {len(self.urls)} shards of data.urls do not exist, "
+            raise MissingPathError(f"{len(local_missing)} of {len(self.urls)} shards of data.urls do not exist, "
                                     f"e.g. {local_missing[0]}.")
         if not self.urls or self.total_samples == 0:
             raise ConfigError(f"data.urls={spec} holds no samples.")
@@ -165,7 +165,7 @@ class WebDataModule(BucketedDataModule):
             self.total_samples -= sum(counts.get(u, 0) for u in held)
         missing = [u for u in self.val_urls if not u.startswith(REMOTE) and not Path(u).expanduser().is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} held-out shards do not exist, e.g. {missing[0]} (data.val_urls).")
+            raise MissingPathError(f"{len(missing)} held-out shards do not exist, e.g. {missing[0]} (data.val_urls).")
 
     def check_workers(self, world_size: int) -> None:
         streams = world_size * max(1, self.num_workers)
