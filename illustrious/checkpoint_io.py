@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,21 @@ class NonFiniteError(ValueError):
     """Weights or optimizer state with NaN/Inf values, refused on save and on load."""
 
 
-class RefusedStartCheckpoint(ConfigError, CheckpointError):
-    """The checkpoint a run is told to start or resume from cannot be used. Found before any work starts, it is
-    reported like a bad setting (one message, no stack trace), and is still a CheckpointError to code."""
+class RefusedCheckpoint(ConfigError, CheckpointError):
+    """A checkpoint a command was told to read (ckpt_path=, checkpoint=, the run's own to resume) that cannot be
+    used. Found before any work starts, it is reported like a bad setting (one message, no stack trace); it is
+    still a CheckpointError to code."""
+
+
+@contextmanager
+def refused_as_config_error():
+    """Around reading a checkpoint a setting names: CheckpointError / NonFiniteError become RefusedCheckpoint."""
+    try:
+        yield
+    except (CheckpointError, NonFiniteError) as error:
+        if isinstance(error, RefusedCheckpoint):
+            raise
+        raise RefusedCheckpoint(str(error)) from error
 
 
 # Subtrees whose floating tensors must be finite: the weights (also EMA's swapped-in copy) and the optimizer.

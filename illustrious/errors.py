@@ -11,6 +11,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; raised before any model is built or data is read."""
 
 
+class PickleRefused(ConfigError):
+    """A pickle file named by a setting, refused because `allow_pickle` is off (illustrious.weights.safe_read)."""
+
+
 class MissingPathError(ConfigError, FileNotFoundError):
     """A setting names a file or folder that does not exist. Reported like any configuration error, and still a
     FileNotFoundError for code that catches that."""

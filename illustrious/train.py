@@ -89,12 +89,10 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
 def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict] | None:
     """The verified checkpoint the run continues from (illustrious.checkpoint_folder.resume_checkpoint)."""
     from illustrious.checkpoint_folder import resume_checkpoint as choose
-    from illustrious.checkpoint_io import CheckpointError, NonFiniteError, RefusedStartCheckpoint
+    from illustrious.checkpoint_io import refused_as_config_error
 
-    try:
+    with refused_as_config_error():  # the message names the file and what to do: no stack trace
         return choose(checkpoint_dir(cfg), cfg.get("ckpt_path"), bool(cfg.resume), bool(cfg.allow_pickle))
-    except (CheckpointError, NonFiniteError) as error:  # the message names the file and what to do
-        raise RefusedStartCheckpoint(str(error)) from error
 
 
 def save_lora_files(backbone, output_dir) -> None:

@@ -57,11 +57,12 @@ def backbone_without_weights(run_cfg: DictConfig):
 def module_from_checkpoint(checkpoint: str | Path, allow_pickle: bool = False, config_dirs: Any = None
                            ) -> tuple[Any, DictConfig, dict]:
     """(DiffusionModule with the checkpoint's weights, its rebuilt run config, the checkpoint itself)."""
-    from illustrious.checkpoint_io import load_checkpoint_file
+    from illustrious.checkpoint_io import load_checkpoint_file, refused_as_config_error
     from illustrious.train import build_module
     from illustrious.weights.run_config import rebuild_run_config
 
-    ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
+    with refused_as_config_error():
+        ckpt = load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
     # the stored config only selects our own config groups (and the user's, given here); it never names code
     run_cfg = rebuild_run_config(ckpt, source=str(checkpoint), config_dirs=config_dirs)
     run_cfg_to_build = without_start_files(run_cfg)

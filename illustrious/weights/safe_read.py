@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from illustrious.errors import ConfigError, MissingPathError, PickleRefused
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -27,7 +29,7 @@ def read_pickle(path: str | Path, allow_pickle: bool = False, map_location=None)
     then `torch.load(weights_only=True)`, which rebuilds tensors and plain containers only."""
     path = Path(path)
     if not allow_pickle:
-        raise ValueError(pickle_refusal(path))
+        raise PickleRefused(pickle_refusal(path))
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -37,14 +39,14 @@ def read_weights(path: str | Path, allow_pickle: bool = False, device: str = "cp
     `model` / `module` entry (how training scripts wrap weights) is unwrapped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file {path} does not exist.")
+        raise MissingPathError(f"Weights file {path} does not exist.")
     if path.suffix == SAFETENSORS_SUFFIX:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt", device=device) as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     if path.suffix not in PICKLE_SUFFIXES:
-        raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors "
+        raise ConfigError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors "
                          f"(or, with allow_pickle=true, one of {', '.join(PICKLE_SUFFIXES)}).")
     obj = read_pickle(path, allow_pickle, map_location=device)
     for wrapper in ("state_dict", "model", "module"):

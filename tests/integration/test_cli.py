@@ -115,11 +115,15 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
     ("illustrious.run", ["ckpt_path=missing.safetensors"], "ckpt_path=missing.safetensors does not exist"),
     ("illustrious.run", ["ckpt_path=not_a_checkpoint.safetensors"],
      "not_a_checkpoint.safetensors is truncated or not a safetensors file"),
+    ("illustrious.run", ["ckpt_path=trusted.ckpt"], "trusted.ckpt is a pickle file (.ckpt). Reading a pickle can run"),
+    ("illustrious.sample", ["checkpoint=not_a_checkpoint.safetensors", "prompt=a red circle"],
+     "not_a_checkpoint.safetensors is truncated or not a safetensors file"),
     ("illustrious.run", ["data.width=30"],
      "data.height=32 and data.width=30 must be multiples of 4 for this backbone, e.g. data.height=32 data.width=28."),
 ])
 def test_config_errors_print_one_message_without_a_trace(module, args, message, tmp_path):
     (tmp_path / "not_a_checkpoint.safetensors").write_bytes(b"\xff" * 1000)  # an absurd header length
+    (tmp_path / "trusted.ckpt").write_bytes(b"\x80\x04N.")  # a pickle of None: refused unread
     proc = run_command(module, *args, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"Configuration error: {message}") or f"\nConfiguration error: {message}" in proc.stderr, \
