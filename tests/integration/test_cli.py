@@ -185,3 +185,18 @@ def test_user_config_folder_in_a_notebook(tmp_path):
     user = write_user_configs(tmp_path / "my_conf")
     cfg = compose_config([f"hydra.searchpath=[file://{user}]", "+experiment=my_recipe"], tmp_path)
     assert (cfg.backbone.tokenizer_max_length, cfg.trainer.max_steps) == (16, 2)
+
+
+COMMAND_CONFIGS = sorted(p.stem for p in (REPO / "illustrious" / "conf").glob("*.yaml") if p.stem != "config")
+
+
+def test_every_command_config_is_listed():
+    assert {"annotate", "inspect_captions", "sample", "evaluate", "export"} <= set(COMMAND_CONFIGS)
+
+
+@pytest.mark.parametrize("command", COMMAND_CONFIGS)
+def test_every_command_config_composes(command, tmp_path):
+    # a defaults list Hydra refuses (an override before a group, say) breaks the command on every call
+    proc = run_command(f"illustrious.{command}", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stdout.strip()
