@@ -26,7 +26,7 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from illustrious.errors import ConfigError
+from illustrious.errors import ConfigError, MissingPathError
 from illustrious.utils.files import atomic_save
 
 STRUCTURE_KEY = "illustrious.checkpoint"
@@ -224,7 +224,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", allow_pick
     weights and optimizer state finite. Raises CheckpointError / NonFiniteError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+        raise MissingPathError(f"Checkpoint {path} does not exist.")
     if path.suffix != ".safetensors":
         from illustrious.weights.safe_read import read_pickle  # one pickle reader for checkpoints and weights
 

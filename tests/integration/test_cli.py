@@ -118,6 +118,8 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
     ("illustrious.run", ["ckpt_path=trusted.ckpt"], "trusted.ckpt is a pickle file (.ckpt). Reading a pickle can run"),
     ("illustrious.sample", ["checkpoint=not_a_checkpoint.safetensors", "prompt=a red circle"],
      "not_a_checkpoint.safetensors is truncated or not a safetensors file"),
+    ("illustrious.export", ["checkpoint=missing.safetensors", "format=diffusers"],
+     "checkpoint='missing.safetensors' does not exist: give a training checkpoint"),
     ("illustrious.run", ["data.width=30"],
      "data.height=32 and data.width=30 must be multiples of 4 for this backbone, e.g. data.height=32 data.width=28."),
 ])
