@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from illustrious.backbones.text_encoders import architecture_config
+from illustrious.backbones.text_encoders import architecture_with
 
 
 class LatentAutoencoder(nn.Module):
@@ -43,7 +43,7 @@ class LatentAutoencoder(nn.Module):
         from diffusers import AutoencoderKL
 
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        return cls(AutoencoderKL.from_config({**architecture_config(name), **overrides}), sample=sample)
+        return cls(AutoencoderKL.from_config(architecture_with(name, overrides, "backbone.autoencoder")), sample=sample)
 
     @classmethod
     def from_pretrained(cls, path: str, subfolder: str | None = "vae", **kwargs) -> LatentAutoencoder:

@@ -9,6 +9,7 @@ a system prompt and takes Gemma-2's penultimate hidden state with a right-padded
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -31,6 +32,68 @@ def architecture_config(name: str) -> dict:
         known = sorted(p.stem for p in CONFIGS_DIR.glob("*.json"))
         raise FileNotFoundError(f"No architecture config {name!r}; shipped configs: {known}")
     return json.loads(path.read_text())
+
+
+# diffusers' UNet takes these per down block as well as one value for all blocks
+PER_BLOCK_KEYS = frozenset({"attention_head_dim", "num_attention_heads", "transformer_layers_per_block",
+                            "layers_per_block", "cross_attention_dim"})
+
+
+KINDS = {bool: "true or false", int: "a whole number (int)", float: "a number", str: "a string", list: "a list"}
+
+
+def _fits(value, like, per_block: bool) -> bool:
+    """Whether an override has the kind of value the shipped architecture holds under its key."""
+    if like is None:
+        return True
+    if isinstance(like, bool):
+        return isinstance(value, bool)
+    if isinstance(like, int):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        return whole or (per_block and isinstance(value, (list, tuple)) and all(_fits(v, like, False) for v in value))
+    if isinstance(like, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(like, str):
+        return isinstance(value, str)
+    if isinstance(like, (list, tuple)):
+        if not isinstance(value, (list, tuple)):  # one value for every block, where the UNet takes that
+            return per_block and bool(like) and _fits(value, like[0], False)
+        kinds = {type(v) for v in like}
+        return len(kinds) != 1 or all(_fits(v, like[0], per_block) for v in value)
+    return True
+
+
+def architecture_with(name: str, overrides: Mapping | None, key: str) -> dict:
+    """The shipped architecture `name` with the overrides a config gives under `key` (e.g. backbone.transformer),
+    checked first: each override must be one of the architecture's settings and hold the same kind of value
+    (a typo would be ignored, with a warning at most, and a wrong kind fails deep inside the model's code)."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from illustrious.errors import ConfigError
+
+    if isinstance(overrides, DictConfig):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    overrides = dict(overrides or {})
+    shipped = architecture_config(name)
+    for setting, value in overrides.items():
+        if setting not in shipped:
+            close = difflib.get_close_matches(setting, [k for k in shipped if not k.startswith("_")], n=3)
+            hint = f" Did you mean {', '.join(f'{key}.{c}' for c in close)}?" if close else ""
+            raise ConfigError(f"{key}.{setting} is not a setting of this architecture ({name}).{hint}")
+        like = shipped[setting]
+        if not _fits(value, like, setting in PER_BLOCK_KEYS):
+            raise ConfigError(f"{key}.{setting}={value!r}: needs {KINDS.get(type(like), type(like).__name__)} like the "
+                              f"architecture's own, e.g. {key}.{setting}={like!r}")
+    merged = {**shipped, **overrides}
+    blocks = merged.get("down_block_types")
+    for setting in ({"block_out_channels", *PER_BLOCK_KEYS} & set(overrides)) if blocks else ():
+        value = merged[setting]
+        if isinstance(value, (list, tuple)) and len(value) != len(blocks):
+            raise ConfigError(f"{key}.{setting}={list(value)} has {len(value)} entries, but the architecture has "
+                              f"{len(blocks)} down blocks ({key}.down_block_types): give one entry per block.")
+    return merged
 
 
 # Shipped tokenizers that are another shipped tokenizer with different settings (no second copy of the files).
@@ -115,11 +178,11 @@ class CLIPPromptEncoder(nn.Module):
         return [*text.encoder.layers[-1].parameters(), *text.final_layer_norm.parameters()]
 
 
-def clip_text_model(base: str, overrides: dict, tokenizer, with_projection: bool) -> nn.Module:
-    """A CLIP text model of a shipped architecture with `overrides` (e.g. tiny widths) applied."""
+def clip_text_model(base: str, overrides: dict, tokenizer, with_projection: bool, key: str) -> nn.Module:
+    """A CLIP text model of a shipped architecture with `overrides` (e.g. tiny widths; config key `key`) applied."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = {**architecture_config(base), **overrides}
+    config = architecture_with(base, overrides, key)
     config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id, max_position_embeddings=tokenizer.model_max_length)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
@@ -164,10 +227,10 @@ class GemmaPromptEncoder(nn.Module):
         return [*self.model.layers[-1].parameters(), *self.model.norm.parameters()]
 
 
-def gemma2_text_model(overrides: dict, tokenizer) -> nn.Module:
+def gemma2_text_model(overrides: Mapping | None, tokenizer) -> nn.Module:
     from transformers import Gemma2Config, Gemma2Model
 
-    config = {**architecture_config("gemma2_text_encoder"), **overrides}
+    config = architecture_with("gemma2_text_encoder", overrides, "backbone.text_encoder")
     config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id)
     return Gemma2Model(Gemma2Config(**config))

@@ -120,6 +120,8 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
      "not_a_checkpoint.safetensors is truncated or not a safetensors file"),
     ("illustrious.export", ["checkpoint=missing.safetensors", "format=diffusers"],
      "checkpoint='missing.safetensors' does not exist: give a training checkpoint"),
+    ("illustrious.run", ["backbone.transformer.hidden_size=abc"],
+     "backbone.transformer.hidden_size='abc': needs a whole number (int) like the architecture's own"),
     ("illustrious.run", ["data.width=30"],
      "data.height=32 and data.width=30 must be multiples of 4 for this backbone, e.g. data.height=32 data.width=28."),
 ])

@@ -14,7 +14,7 @@ from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     LUMINA_SYSTEM_PROMPT,
     GemmaPromptEncoder,
-    architecture_config,
+    architecture_with,
     gemma2_text_model,
     load_tokenizer,
     maybe_no_grad,
@@ -50,8 +50,8 @@ class LuminaBackbone(Backbone):
         from diffusers import Lumina2Transformer2DModel
 
         tok = load_tokenizer(tokenizer)
-        gemma = gemma2_text_model(dict(text_encoder or {}), tok)
-        config = {**architecture_config("lumina2_transformer"), **dict(transformer or {})}
+        gemma = gemma2_text_model(text_encoder, tok)
+        config = architecture_with("lumina2_transformer", transformer, "backbone.transformer")
         config.update(in_channels=autoencoder.latent_channels, out_channels=None, cap_feat_dim=gemma.config.hidden_size)
         head_dim = config["hidden_size"] // config["num_attention_heads"]
         if sum(config["axes_dim_rope"]) != head_dim:

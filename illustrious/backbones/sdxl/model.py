@@ -14,7 +14,7 @@ from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_pa
 from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     CLIPPromptEncoder,
-    architecture_config,
+    architecture_with,
     clip_text_model,
     load_tokenizer,
     maybe_no_grad,
@@ -63,9 +63,11 @@ class SDXLBackbone(Backbone):
         tok1, tok2 = load_tokenizer(tokenizer_1), load_tokenizer(tokenizer_2)
         if tokenizer_max_length:  # prompts are padded/truncated to this; CLIP gets as many positions
             tok1.model_max_length = tok2.model_max_length = tokenizer_max_length
-        te1 = clip_text_model("sdxl_text_encoder", dict(text_encoder_1 or {}), tok1, with_projection=False)
-        te2 = clip_text_model("sdxl_text_encoder_2", dict(text_encoder_2 or {}), tok2, with_projection=True)
-        config = {**architecture_config("sdxl_unet"), **dict(unet or {})}
+        te1 = clip_text_model("sdxl_text_encoder", text_encoder_1, tok1, with_projection=False,
+                              key="backbone.text_encoder_1")
+        te2 = clip_text_model("sdxl_text_encoder_2", text_encoder_2, tok2, with_projection=True,
+                              key="backbone.text_encoder_2")
+        config = architecture_with("sdxl_unet", unet, "backbone.unet")
         config.update(
             in_channels=autoencoder.latent_channels,
             out_channels=autoencoder.latent_channels,
