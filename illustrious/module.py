@@ -77,7 +77,8 @@ class DiffusionModule(L.LightningModule):
         x0 = self.latents(batch)
         cond = self.conditioning(batch)
         noise = self.objective.sample_noise(x0)
-        t = self.objective.sample_t(x0.shape[0], image_seq_len=self.backbone.image_seq_len(x0), device=x0.device)
+        t = self.objective.sample_t(x0.shape[0], image_seq_len=self.backbone.image_seq_len(x0), device=x0.device,
+                                    progress=self.training_progress())
         x_t = self.objective.add_noise(x0, self.objective.input_noise(noise), t)
         pred = self.backbone(x_t, t, cond, batch)
         target = self.objective.target(x0, noise, t)
@@ -86,6 +87,14 @@ class DiffusionModule(L.LightningModule):
         # the mean over all processes (one scalar all-reduce under DDP/FSDP): the loss of the global batch
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
+
+    def training_progress(self) -> float | None:
+        """The fraction of training done (optimizer steps over trainer.max_steps); None without a step budget or
+        outside a Trainer."""
+        trainer = self._trainer
+        if trainer is None or not trainer.max_steps or trainer.max_steps < 0:
+            return None
+        return trainer.global_step / trainer.max_steps
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
         x0 = self.latents(batch)

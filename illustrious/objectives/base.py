@@ -60,8 +60,9 @@ class Objective(nn.Module):
 
     # -- contract ---------------------------------------------------------------------------------------
     def sample_t(self, n: int, *, generator: torch.Generator | None = None, image_seq_len: int | None = None,
-                 device: torch.device | str | None = None) -> Tensor:
-        t = self.timesteps(n, generator=generator, image_seq_len=image_seq_len, device=device)
+                 device: torch.device | str | None = None, progress: float | None = None) -> Tensor:
+        """`n` training times; `progress` (the fraction of training done) is for samplers that change with it."""
+        t = self.timesteps(n, generator=generator, image_seq_len=image_seq_len, device=device, progress=progress)
         return self.discretize(t)
 
     def sample_noise(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

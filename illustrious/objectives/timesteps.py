@@ -6,7 +6,11 @@ options every sampler shares, in this order:
 
 0. a uniform share (`uniform_fraction=p`): each draw is taken from U[0, 1) with probability p instead of the
    density, so no time is left untrained (a density whose tails vanish, like the logit-normal's, never teaches
-   the model what only the prompt can tell at t near 1);
+   the model what only the prompt can tell at t near 1); and a high-noise tail (`tail_fraction=p`, `tail_min=a`,
+   `tail_after=f`, `tail_until=g`): while the fraction of training done is in [f, g), each draw is taken from
+   U[a, 1) with probability p. Late in training the prompt's global content (an image's background colour) is learned at t near 1 without
+   taking the early steps, where the high-noise draws cost the placement of what the prompt names
+   (experiments/training_budget/README.md);
 1. a time shift towards noise, either fixed (`shift=s`, SD3: t' = s t / (1 + (s - 1) t)) or resolution-dependent
    (`resolution_shift=True`, Flux / Lumina-2: the same map with s = exp(mu), mu linear in the image token count
    from 256 tokens -> 0.5 to 4096 -> 1.15);
@@ -50,11 +54,22 @@ class TimestepSampler(nn.Module):
     """A base density on [0, 1] (subclasses), then an optional shift and an optional restricted range."""
 
     def __init__(self, shift: float | None = None, resolution_shift: bool = False, t_min: float = 0.0,
-                 t_max: float = 1.0, uniform_fraction: float = 0.0):
+                 t_max: float = 1.0, uniform_fraction: float = 0.0, tail_fraction: float = 0.0,
+                 tail_min: float = 0.85, tail_after: float = 0.0, tail_until: float = 1.0):
         super().__init__()
         if not 0.0 <= uniform_fraction <= 1.0:
             raise ConfigError(f"objective.timesteps.uniform_fraction={uniform_fraction}: must be in [0, 1].")
         self.uniform_fraction = uniform_fraction
+        if not 0.0 <= tail_fraction <= 1.0:
+            raise ConfigError(f"objective.timesteps.tail_fraction={tail_fraction}: must be in [0, 1].")
+        if not 0.0 <= tail_min < 1.0:
+            raise ConfigError(f"objective.timesteps.tail_min={tail_min}: must be in [0, 1), e.g. 0.85.")
+        if not 0.0 <= tail_after < tail_until <= 1.0:
+            raise ConfigError(f"objective.timesteps.tail_after={tail_after}, tail_until={tail_until}: the fractions "
+                              "of training between which the tail is drawn, 0 <= tail_after < tail_until <= 1, "
+                              "e.g. 0.5 and 1.")
+        self.tail_fraction, self.tail_min = tail_fraction, tail_min
+        self.tail_after, self.tail_until = tail_after, tail_until
         if shift is not None and shift <= 0:
             raise ConfigError(f"objective.timesteps.shift={shift}: a timestep shift must be > 0 (1 = no shift).")
         if shift is not None and resolution_shift:
@@ -68,12 +83,26 @@ class TimestepSampler(nn.Module):
     def base(self, n: int, generator: torch.Generator | None, device) -> Tensor:
         raise NotImplementedError
 
+    def tail_drawn(self, progress: float | None) -> bool:
+        """Whether the tail applies at this point of training (always, without a window)."""
+        if (self.tail_after, self.tail_until) == (0.0, 1.0):
+            return True
+        if progress is None:
+            raise ValueError(f"objective.timesteps.tail_after={self.tail_after} / tail_until={self.tail_until} need "
+                             "the training progress: pass progress to sample_t (the training step passes "
+                             "global_step / trainer.max_steps).")
+        return self.tail_after <= progress < self.tail_until
+
     def forward(self, n: int, *, generator: torch.Generator | None = None, image_seq_len: int | None = None,
-                device: torch.device | str | None = None) -> Tensor:
+                device: torch.device | str | None = None, progress: float | None = None) -> Tensor:
+        """`n` training times; `progress` is the fraction of training done (the training step passes it)."""
         t = self.base(n, generator, device)
         if self.uniform_fraction > 0:  # drawn only when asked, so runs without it keep their random stream
             uniform = torch.rand(n, generator=generator, device=device)
             t = torch.where(torch.rand(n, generator=generator, device=device) < self.uniform_fraction, uniform, t)
+        if self.tail_fraction > 0 and self.tail_drawn(progress):  # likewise drawn only when it applies
+            tail = self.tail_min + (1 - self.tail_min) * torch.rand(n, generator=generator, device=device)
+            t = torch.where(torch.rand(n, generator=generator, device=device) < self.tail_fraction, tail, t)
         if self.shift is not None:
             t = shift_time(t, self.shift)
         elif self.resolution_shift:

@@ -1,5 +1,7 @@
 """Objectives against the references: diffusers' DDPMScheduler and the rectified-flow formulas."""
 
+import math
+
 import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
@@ -351,3 +353,33 @@ def test_objective_configs_compose_and_switch(make_config):
     assert isinstance(flow.timesteps, Uniform) and flow.timesteps.shift == 3
     eps = instantiate(make_config("objective=eps", "objective/weighting=debiased").objective)
     assert eps.weighting is not None and eps.timesteps.shift is None
+
+
+def test_the_late_tail_draws_from_the_top_of_the_range_once_its_fraction_of_training_has_passed():
+    n = 200_000
+    sampler = LogitNormal(tail_fraction=0.3, tail_min=0.85, tail_after=0.5)
+    plain = LogitNormal()(n, generator=torch.Generator().manual_seed(0))
+    # before tail_after: the density alone, with its random stream untouched
+    early = sampler(n, generator=torch.Generator().manual_seed(0), progress=0.499)
+    torch.testing.assert_close(early, plain)
+    late = sampler(n, generator=torch.Generator().manual_seed(0), progress=0.5)
+    def above(t):  # the logit-normal(0, 1)'s own share of draws above t
+        return 0.5 * math.erfc(math.log(t / (1 - t)) / math.sqrt(2))
+
+    # each draw comes from U[0.85, 1) with probability 0.3, else from the density
+    assert abs((late >= 0.85).float().mean().item() - (0.3 + 0.7 * above(0.85))) < 0.004
+    assert abs((late >= 0.925).float().mean().item() - (0.15 + 0.7 * above(0.925))) < 0.004
+    # below 0.85 the density keeps its shape, scaled by 0.7
+    assert abs((late < 0.5).float().mean().item() - 0.7 * 0.5) < 0.004
+    # a window: drawn in [tail_after, tail_until) of training only
+    window = LogitNormal(tail_fraction=1.0, tail_min=0.9, tail_after=0.5, tail_until=0.8)
+    assert (window(1000, progress=0.79) >= 0.9).all()
+    torch.testing.assert_close(window(64, generator=torch.Generator().manual_seed(3), progress=0.8),
+                               LogitNormal()(64, generator=torch.Generator().manual_seed(3)))
+    # from the start when tail_after = 0, and nothing without a share
+    assert (LogitNormal(tail_fraction=1.0, tail_min=0.9)(1000, generator=torch.Generator().manual_seed(1)) >= 0.9).all()
+    with pytest.raises(ValueError, match="tail_after=0.5 / tail_until=1.0 need the training progress"):
+        sampler(8)
+    for bad in ({"tail_fraction": 1.5}, {"tail_min": 1.0}, {"tail_after": 1.0}, {"tail_until": 0.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            LogitNormal(**bad)
