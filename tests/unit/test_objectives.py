@@ -383,3 +383,17 @@ def test_the_late_tail_draws_from_the_top_of_the_range_once_its_fraction_of_trai
     for bad in ({"tail_fraction": 1.5}, {"tail_min": 1.0}, {"tail_after": 1.0}, {"tail_until": 0.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             LogitNormal(**bad)
+
+
+def test_the_training_step_passes_the_fraction_of_its_step_budget():
+    from types import SimpleNamespace
+
+    from illustrious.module import DiffusionModule
+
+    def progress(**trainer):
+        return DiffusionModule.training_progress(SimpleNamespace(_trainer=SimpleNamespace(**trainer) if trainer else None))
+
+    assert progress(global_step=300, max_steps=600) == 0.5
+    assert progress(global_step=0, max_steps=600) == 0.0
+    assert progress(global_step=7, max_steps=-1) is None  # an epoch budget: no fraction to give
+    assert progress() is None  # outside a Trainer
