@@ -53,11 +53,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("optim.lr and optim.text_encoder_lr are both 0: nothing would train. "
                           "Set optim.lr=1e-4 (the denoiser) or optim.text_encoder_lr=1e-5.")
     timesteps = cfg.objective.get("timesteps") or {}
-    windowed = (timesteps.get("tail_after", 0.0), timesteps.get("tail_until", 1.0)) != (0.0, 1.0)
-    if timesteps.get("tail_fraction", 0.0) and windowed and steps in (None, -1):
-        raise ConfigError(f"objective.timesteps.tail_after={timesteps.tail_after} / tail_until="
-                          f"{timesteps.get('tail_until', 1.0)} are fractions of trainer.max_steps, which is not set: "
-                          "set trainer.max_steps=600, or objective.timesteps.tail_after=0 tail_until=1.")
     if timesteps.get("t_min", 0.0) >= timesteps.get("t_max", 1.0):
         raise ConfigError(f"objective.timesteps.t_min={timesteps.t_min} must be below objective.timesteps.t_max="
                           f"{timesteps.t_max}.")

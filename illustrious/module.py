@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
@@ -89,12 +90,15 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def training_progress(self) -> float | None:
-        """The fraction of training done (optimizer steps over trainer.max_steps); None without a step budget or
-        outside a Trainer."""
+        """The fraction of training done: optimizer steps over the run's total (trainer.max_steps, or what
+        max_epochs comes to: Lightning's estimated_stepping_batches); None outside a Trainer or without an end."""
         trainer = self._trainer
-        if trainer is None or not trainer.max_steps or trainer.max_steps < 0:
+        if trainer is None:
             return None
-        return trainer.global_step / trainer.max_steps
+        total = trainer.estimated_stepping_batches
+        if not total or math.isinf(total):
+            return None
+        return trainer.global_step / total
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
         x0 = self.latents(batch)

@@ -84,14 +84,11 @@ class TimestepSampler(nn.Module):
         raise NotImplementedError
 
     def tail_drawn(self, progress: float | None) -> bool:
-        """Whether the tail applies at this point of training (always, without a window)."""
+        """Whether the tail applies at this point of training: always without a window; with one, only when the
+        progress is known (the training step under a Trainer passes it; a bare call, outside one, draws none)."""
         if (self.tail_after, self.tail_until) == (0.0, 1.0):
             return True
-        if progress is None:
-            raise ValueError(f"objective.timesteps.tail_after={self.tail_after} / tail_until={self.tail_until} need "
-                             "the training progress: pass progress to sample_t (the training step passes "
-                             "global_step / trainer.max_steps).")
-        return self.tail_after <= progress < self.tail_until
+        return progress is not None and self.tail_after <= progress < self.tail_until
 
     def forward(self, n: int, *, generator: torch.Generator | None = None, image_seq_len: int | None = None,
                 device: torch.device | str | None = None, progress: float | None = None) -> Tensor:

@@ -33,6 +33,9 @@ LEGACY_KEY = "illustrious_config"  # the whole resolved config, targets included
 FORMAT = 1
 OPTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 NOT_CHOSEN_FROM_CHECKPOINTS = {"experiment"}  # a recipe is re-applied only by name, below
+# Chosen by the run config itself from other choices (`recipe: ${data}_${backbone}_${objective}`): never stored,
+# re-derived when the config is composed again.
+DERIVED_GROUPS = {"recipe"}
 # Targets our own options named in earlier releases -> today's, so older checkpoints still match by name.
 RENAMED_TARGETS = {
     "illustrious.data.shapes_datamodule.ShapesDataModule": "illustrious.data.sources.shapes_datamodule.ShapesDataModule",
@@ -113,7 +116,8 @@ def current_choices(cfg: DictConfig | Mapping) -> dict[str, str]:
         recorded = OmegaConf.to_container(HydraConfig.get().runtime.choices)
         known = group_options()
         return {g: str(o) for g, o in recorded.items()
-                if o is not None and (g in known or g in NOT_CHOSEN_FROM_CHECKPOINTS) and not g.startswith("hydra")}
+                if o is not None and (g in known or g in NOT_CHOSEN_FROM_CHECKPOINTS) and not g.startswith("hydra")
+                and g not in DERIVED_GROUPS}
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     return infer_choices(resolved, strict=False)
 
@@ -259,6 +263,8 @@ def validate_choices(choices: Mapping, source: str, config_dirs: tuple[str, ...]
     valid = {}
     for group, option in choices.items():
         option = str(option)
+        if group in DERIVED_GROUPS:
+            continue
         if group in NOT_CHOSEN_FROM_CHECKPOINTS:
             if OPTION_NAME.match(option) and option in known.get(group, ()):
                 valid[group] = option

@@ -33,6 +33,6 @@ class SampleSeededFlow(FlowObjective):
         self._t = torch.stack(times)
         return torch.stack(noises).to(x0)
 
-    def sample_t(self, n, *, generator=None, image_seq_len=None, device=None):
+    def sample_t(self, n, *, generator=None, image_seq_len=None, device=None, progress=None):
         assert self._t is not None and len(self._t) == n, "sample_noise runs first in the training step"
         return self._t.to(device)

@@ -122,8 +122,6 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
      "checkpoint='missing.safetensors' does not exist: give a training checkpoint"),
     ("illustrious.run", ["backbone.transformer.hidden_size=abc"],
      "backbone.transformer.hidden_size='abc': needs a whole number (int) like the architecture's own"),
-    ("illustrious.run", ["trainer.max_steps=-1", "trainer.max_epochs=1"],
-     "objective.timesteps.tail_after=0.5 / tail_until=1.0 are fractions of trainer.max_steps, which is not set"),
     ("illustrious.run", ["data.width=30"],
      "data.height=32 and data.width=30 must be multiples of 4 for this backbone, e.g. data.height=32 data.width=28."),
 ])
