@@ -101,8 +101,6 @@ def refused_as_config_error():
     try:
         yield
     except (CheckpointError, NonFiniteError) as error:
-        if isinstance(error, RefusedCheckpoint):
-            raise
         raise RefusedCheckpoint(str(error)) from error
 
 

@@ -20,6 +20,15 @@ class MissingPathError(ConfigError, FileNotFoundError):
     FileNotFoundError for code that catches that."""
 
 
+def require_checkpoint_file(value) -> None:
+    """The `checkpoint=` setting of the sample and export commands names an existing file."""
+    from pathlib import Path
+
+    if not Path(str(value)).expanduser().is_file():
+        raise MissingPathError(f"checkpoint={value!r} does not exist: give a training checkpoint, e.g. "
+                               "checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
+
+
 def config_error_message(error: BaseException) -> str | None:
     """The one-line-per-problem message for a configuration error; None for any other exception."""
     from omegaconf.errors import MissingMandatoryValue

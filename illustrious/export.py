@@ -4,13 +4,12 @@ ComfyUI, A1111/Forge and diffusers load (see illustrious/weights/export.py and c
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from illustrious.config import CONF_DIR
-from illustrious.errors import MissingPathError, reported_config_errors
+from illustrious.errors import reported_config_errors, require_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +20,7 @@ def main(cfg: DictConfig) -> None:
     from illustrious.weights.rebuild import config_dirs_of
 
     with reported_config_errors():  # one clear message, no stack trace (HYDRA_FULL_ERROR=1 for the trace)
-        if not Path(cfg.checkpoint).expanduser().exists():
-            raise MissingPathError(f"checkpoint={cfg.checkpoint!r} does not exist: give a training checkpoint, e.g. "
-                                   "checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
+        require_checkpoint_file(cfg.checkpoint)
         path = export_checkpoint(cfg.checkpoint, cfg.format, cfg.out, dtype=cfg.dtype, overwrite=cfg.overwrite,
                                  allow_pickle=cfg.allow_pickle, title=cfg.title, config_dirs=config_dirs_of(cfg))
     log.info("wrote %s", path)

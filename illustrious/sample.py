@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from illustrious.config import CONF_DIR
-from illustrious.errors import ConfigError, reported_config_errors
+from illustrious.errors import ConfigError, reported_config_errors, require_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ def check_sample_config(cfg: DictConfig) -> list[str]:
     from illustrious.validation import SAMPLE, check_settings
 
     check_settings(cfg, SAMPLE)
-    if not Path(cfg.checkpoint).expanduser().is_file():
-        raise ConfigError(f"checkpoint={cfg.checkpoint!r} does not exist: give a training checkpoint, e.g. "
-                          "checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
+    require_checkpoint_file(cfg.checkpoint)
     if cfg.init_image and not Path(cfg.init_image).expanduser().is_file():
         raise ConfigError(f"init_image={cfg.init_image!r} does not exist.")
     return prompts_of(cfg)

@@ -8,9 +8,9 @@ options every sampler shares, in this order:
    density, so no time is left untrained (a density whose tails vanish, like the logit-normal's, never teaches
    the model what only the prompt can tell at t near 1); and a high-noise tail (`tail_fraction=p`, `tail_min=a`,
    `tail_after=f`, `tail_until=g`): while the fraction of training done is in [f, g), each draw is taken from
-   U[a, 1) with probability p. Late in training the prompt's global content (an image's background colour) is learned at t near 1 without
-   taking the early steps, where the high-noise draws cost the placement of what the prompt names
-   (experiments/training_budget/README.md);
+   U[a, 1) with probability p. Late in training the prompt's global content (an image's background colour) is
+   learned at t near 1 without taking the early steps, where the high-noise draws cost the placement of what the
+   prompt names (experiments/training_budget/README.md);
 1. a time shift towards noise, either fixed (`shift=s`, SD3: t' = s t / (1 + (s - 1) t)) or resolution-dependent
    (`resolution_shift=True`, Flux / Lumina-2: the same map with s = exp(mu), mu linear in the image token count
    from 256 tokens -> 0.5 to 4096 -> 1.15);

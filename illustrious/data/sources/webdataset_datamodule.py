@@ -132,7 +132,7 @@ class WebDataModule(BucketedDataModule):
             index_file = folder / INDEX
             if not index_file.is_file():
                 raise MissingPathError(f"data.urls={folder} is a folder without {INDEX}: write shards with python -m "
-                                        "illustrious.make_shards, or give the shards as a brace pattern.")
+                                       "illustrious.make_shards, or give the shards as a brace pattern.")
             index = json.loads(index_file.read_text())
             self.urls = [str(folder / s["url"]) for s in index["shards"] if s["count"] > 0]
             self.total_samples = int(index["total"])
@@ -144,7 +144,7 @@ class WebDataModule(BucketedDataModule):
         local_missing = [u for u in self.urls if not u.startswith(REMOTE) and not Path(u).expanduser().is_file()]
         if local_missing:
             raise MissingPathError(f"{len(local_missing)} of {len(self.urls)} shards of data.urls do not exist, "
-                                    f"e.g. {local_missing[0]}.")
+                                   f"e.g. {local_missing[0]}.")
         if not self.urls or self.total_samples == 0:
             raise ConfigError(f"data.urls={spec} holds no samples.")
         if self.batches_per_epoch is None and self.total_samples is None:
