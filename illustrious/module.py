@@ -95,8 +95,8 @@ class DiffusionModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return None
-        total = trainer.estimated_stepping_batches
-        if not total or math.isinf(total):
+        total = trainer.estimated_stepping_batches  # -1 for an iterable dataset without max_steps
+        if not 0 < total < math.inf:
             return None
         return trainer.global_step / total
 

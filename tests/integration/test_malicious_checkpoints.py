@@ -83,6 +83,16 @@ def test_choices_outside_our_groups_are_refused(trained, choices, message):
         rebuild_run_config(ckpt, source="crafted")
 
 
+@pytest.mark.parametrize("recipe", ["../../../tmp/evil", "shapes_lumina_tiny_flow"])
+def test_a_stored_recipe_choice_is_never_followed(trained, recipe):
+    # the recipe group is derived from data/backbone/objective when the config composes; a stored one is skipped
+    ckpt = load_checkpoint_file(trained)
+    ckpt[STORED_KEY]["choices"]["recipe"] = recipe
+    del ckpt[STORED_KEY]["values"]["objective"]["timesteps"]["tail_fraction"]
+    cfg = rebuild_run_config(ckpt, source="crafted")
+    assert cfg.objective.timesteps.tail_fraction == 0.0  # sdxl_tiny: no recipe of ours applies
+
+
 def test_interpolations_in_stored_values_are_refused(trained):
     ckpt = load_checkpoint_file(trained)
     ckpt[STORED_KEY]["values"]["sampling"]["negative_prompt"] = "${oc.env:HOME}"

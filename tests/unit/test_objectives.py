@@ -398,4 +398,5 @@ def test_the_training_step_passes_the_fraction_of_its_steps_done():
     assert progress(global_step=300, estimated_stepping_batches=600) == 0.5
     assert progress(global_step=0, estimated_stepping_batches=600) == 0.0
     assert progress(global_step=7, estimated_stepping_batches=float("inf")) is None  # no end: no fraction
+    assert progress(global_step=7, estimated_stepping_batches=-1) is None  # an iterable dataset, no max_steps
     assert progress() is None  # outside a Trainer
