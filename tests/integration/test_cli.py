@@ -87,6 +87,22 @@ def test_experiment_recipe_composes(tmp_path):
                                   cwd=tmp_path).stdout
 
 
+@pytest.mark.parametrize(("overrides", "tail", "cfg_trunc"), [
+    ([], 0.5, 0.25),                                     # the default run: its recipe applies
+    (["sampling.cfg_trunc_ratio=0.6"], 0.5, 0.6),        # the command line wins over the recipe
+    (["objective=eps"], 0.0, 1.0),                       # any other combination: config.yaml's own values
+    (["backbone=sdxl_tiny"], 0.0, 1.0),
+    (["+experiment=shapes_long"], 0.0, 1.0),             # an experiment wins over the recipe
+])
+def test_the_default_runs_recipe_applies_to_its_combination_only(overrides, tail, cfg_trunc, tmp_path):
+    from tests.conftest import compose_config
+
+    cfg = compose_config(overrides, tmp_path)
+    assert cfg.objective.timesteps.tail_fraction == tail
+    # the recipe sets a key that config.yaml itself holds, so it has to come after _self_ in the defaults list
+    assert cfg.sampling.cfg_trunc_ratio == cfg_trunc
+
+
 
 
 def run_command(module: str, *args: str, cwd, full_error: bool = False):
