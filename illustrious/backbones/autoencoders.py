@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from illustrious.backbones.text_encoders import architecture_with
+from illustrious.backbones.architectures import architecture_with
 
 
 class LatentAutoencoder(nn.Module):

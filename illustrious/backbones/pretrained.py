@@ -46,7 +46,7 @@ def locate_weights(weights: str | None, parts: tuple[str, ...], backbone: str, e
 def component_config(config_dir: str | Path | None, subfolder: str, shipped: str) -> dict:
     """A component's architecture: `<config_dir>/<subfolder>/config.json` when a config folder is given (e.g. a
     tiny model's diffusers folder), else the real architecture shipped in the package."""
-    from illustrious.backbones.text_encoders import architecture_config
+    from illustrious.backbones.architectures import architecture_config
 
     if config_dir is None:
         return dict(architecture_config(shipped))

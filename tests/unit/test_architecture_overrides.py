@@ -4,7 +4,7 @@ checked against the shipped architecture before a model is built."""
 import pytest
 import yaml
 
-from illustrious.backbones.text_encoders import architecture_config, architecture_with
+from illustrious.backbones.architectures import architecture_config, architecture_with
 from illustrious.errors import ConfigError
 from tests.conftest import REPO
 

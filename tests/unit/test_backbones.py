@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from illustrious.backbones import Conditioning, LuminaBackbone, PixelAutoencoder, SDXLBackbone
+from illustrious.backbones.architectures import architecture_config
 from illustrious.backbones.autoencoders import LatentAutoencoder
-from illustrious.backbones.text_encoders import architecture_config
 from illustrious.config import instantiate
 from illustrious.errors import ConfigError
 
@@ -200,7 +200,7 @@ def test_shipped_tokenizers_cover_any_text():
 
 
 def test_architecture_configs_are_json():
-    from illustrious.backbones.text_encoders import CONFIGS_DIR
+    from illustrious.backbones.architectures import CONFIGS_DIR
 
     for path in CONFIGS_DIR.glob("*.json"):
         json.loads(path.read_text())

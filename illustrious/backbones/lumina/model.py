@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from illustrious.backbones.architectures import architecture_with
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
 from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_parts
@@ -14,7 +15,6 @@ from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     LUMINA_SYSTEM_PROMPT,
     GemmaPromptEncoder,
-    architecture_with,
     gemma2_text_model,
     load_tokenizer,
     maybe_no_grad,

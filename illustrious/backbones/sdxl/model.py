@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from illustrious.backbones.architectures import architecture_with
 from illustrious.backbones.autoencoders import LatentAutoencoder
 from illustrious.backbones.base import Backbone, Conditioning
 from illustrious.backbones.pretrained import locate_weights, refuse_nonfinite_parts
 from illustrious.backbones.speed import attention_context
 from illustrious.backbones.text_encoders import (
     CLIPPromptEncoder,
-    architecture_with,
     clip_text_model,
     load_tokenizer,
     maybe_no_grad,
