@@ -24,7 +24,11 @@ def require_checkpoint_file(value) -> None:
     """The `checkpoint=` setting of the sample and export commands names an existing file."""
     from pathlib import Path
 
-    if not Path(str(value)).expanduser().is_file():
+    path = Path(str(value)).expanduser()
+    if path.is_dir():  # an FSDP run's sharded checkpoint is a folder
+        raise ConfigError(f"checkpoint={value!r} is a folder: a sharded checkpoint is read as one file, written by "
+                          f"python -m illustrious.consolidate {value} <file.safetensors> --allow-pickle")
+    if not path.is_file():
         raise MissingPathError(f"checkpoint={value!r} does not exist: give a training checkpoint, e.g. "
                                "checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
 

@@ -136,6 +136,9 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
      "not_a_checkpoint.safetensors is truncated or not a safetensors file"),
     ("illustrious.export", ["checkpoint=missing.safetensors", "format=diffusers"],
      "checkpoint='missing.safetensors' does not exist: give a training checkpoint"),
+    ("illustrious.export", ["checkpoint=sharded", "format=diffusers"],
+     "checkpoint='sharded' is a folder: a sharded checkpoint is read as one file, written by python -m "
+     "illustrious.consolidate sharded <file.safetensors> --allow-pickle"),
     ("illustrious.run", ["backbone.transformer.hidden_size=abc"],
      "backbone.transformer.hidden_size='abc': needs a whole number (int) like the architecture's own"),
     ("illustrious.run", ["data.width=30"],
@@ -144,6 +147,7 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
 def test_config_errors_print_one_message_without_a_trace(module, args, message, tmp_path):
     (tmp_path / "not_a_checkpoint.safetensors").write_bytes(b"\xff" * 1000)  # an absurd header length
     (tmp_path / "trusted.ckpt").write_bytes(b"\x80\x04N.")  # a pickle of None: refused unread
+    (tmp_path / "sharded").mkdir()  # where an FSDP run's checkpoint folder would be
     proc = run_command(module, *args, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"Configuration error: {message}") or f"\nConfiguration error: {message}" in proc.stderr, \
