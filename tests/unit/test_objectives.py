@@ -400,3 +400,26 @@ def test_the_training_step_passes_the_fraction_of_its_steps_done():
     assert progress(global_step=7, estimated_stepping_batches=float("inf")) is None  # no end: no fraction
     assert progress(global_step=7, estimated_stepping_batches=-1) is None  # an iterable dataset, no max_steps
     assert progress() is None  # outside a Trainer
+
+
+def test_the_training_step_hands_its_progress_to_the_timestep_sampler(make_config):
+    from types import SimpleNamespace
+
+    from illustrious.config import instantiate
+    from illustrious.train import build_module
+
+    module = build_module(make_config(), instantiate(make_config().backbone))  # the default run: tail from half-way
+    module.log = lambda *a, **k: None
+    seen = []
+    sample_t = module.objective.sample_t
+    module.objective.sample_t = lambda *a, **k: seen.append(k["progress"]) or sample_t(*a, **k)
+    batch = {"pixels": torch.rand(64, 3, 32, 32) * 2 - 1, "captions": ["a red circle on the left"] * 64}
+    for step in (299, 300):
+        module._trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=600)
+        torch.manual_seed(0)
+        module.training_step(batch, 0)
+        assert seen[-1] == step / 600
+    # the recipe's tail: half of the draws at t >= 0.85 once half of training is done
+    module._trainer = SimpleNamespace(global_step=300, estimated_stepping_batches=600)
+    t = module.objective.sample_t(4000, progress=module.training_progress(), generator=torch.Generator().manual_seed(0))
+    assert abs((t >= 0.85).float().mean().item() - (0.5 + 0.5 * 0.5 * math.erfc(math.log(0.85 / 0.15) / math.sqrt(2)))) < 0.03
