@@ -137,8 +137,8 @@ def run_command(module: str, *args: str, cwd, full_error: bool = False):
     ("illustrious.export", ["checkpoint=missing.safetensors", "format=diffusers"],
      "checkpoint='missing.safetensors' does not exist: give a training checkpoint"),
     ("illustrious.export", ["checkpoint=sharded", "format=diffusers"],
-     "checkpoint='sharded' is a folder: a sharded checkpoint is read as one file, written by python -m "
-     "illustrious.consolidate sharded <file.safetensors> --allow-pickle"),
+     "checkpoint='sharded' is a folder, not a checkpoint file; if it is an FSDP run's sharded checkpoint, make one "
+     "file of it first: python -m illustrious.consolidate sharded <file.safetensors> --allow-pickle"),
     ("illustrious.run", ["backbone.transformer.hidden_size=abc"],
      "backbone.transformer.hidden_size='abc': needs a whole number (int) like the architecture's own"),
     ("illustrious.run", ["data.width=30"],
