@@ -58,7 +58,8 @@ def pipelines():
 def encoding_times(batch: int, rounds: int, with_bigg: bool) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from illustrious.backbones.text_encoders import CLIPPromptEncoder, architecture_config, load_tokenizer
+    from illustrious.backbones.architectures import architecture_config
+    from illustrious.backbones.text_encoders import CLIPPromptEncoder, load_tokenizer
 
     tok = load_tokenizer("clip_tiny")  # 77 positions; word-level prompts of known length below
     words = [w for w in tok.get_vocab() if w.endswith("</w>") and w[:-4].isascii() and w[:-4].isalpha()][:300]

@@ -43,9 +43,10 @@ def build():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from illustrious.backbones.architectures import architecture_config
     from illustrious.backbones.autoencoders import LatentAutoencoder
     from illustrious.backbones.sdxl import SDXLBackbone
-    from illustrious.backbones.text_encoders import CLIPPromptEncoder, architecture_config, load_tokenizer
+    from illustrious.backbones.text_encoders import CLIPPromptEncoder, load_tokenizer
 
     unet = random_fp16(lambda: UNet2DConditionModel.from_config(architecture_config("sdxl_unet")))
     vae = random_fp16(lambda: AutoencoderKL.from_config(architecture_config("sdxl_vae")))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from illustrious.backbones.text_encoders import architecture_config
+from illustrious.backbones.architectures import architecture_config
 
 
 def empty(make):
