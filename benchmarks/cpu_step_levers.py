@@ -24,40 +24,22 @@ from benchmarks.common import machine, median
 VARIANTS = ("fp32", "keep_freed", "bf16")
 
 ONE_PROCESS = """
-import contextlib, ctypes, json, resource, statistics, sys, tempfile, time
+import contextlib, ctypes, json, resource, statistics, sys, tempfile
 variant, steps, warmup, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if variant == "keep_freed":  # glibc: M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
     libc = ctypes.CDLL(None)
     assert libc.mallopt(-3, 1 << 30) == 1 and libc.mallopt(-1, 1 << 30) == 1, "mallopt refused (not glibc?)"
-import torch
+import functools, torch
 torch.set_num_threads(threads)
-from benchmarks.common import compose
-from illustrious.config import instantiate
-from illustrious.train import build_module
+from benchmarks.step_variants import build_training, step
 with tempfile.TemporaryDirectory() as tmp:
-    cfg = compose([], tmp)
-    torch.manual_seed(cfg.seed)
-    datamodule = instantiate(cfg.data, captions=instantiate(cfg.captions))
-    datamodule.setup("fit")
-    module = build_module(cfg, instantiate(cfg.backbone)).train()
-    module.log = lambda *args, **kwargs: None  # outside a Trainer: nothing to log to
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    batches = iter(datamodule.train_dataloader())
-
-    def step(batch):
-        start = time.perf_counter()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
-        with autocast:
-            loss = module.training_step(batch, 0)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        return time.perf_counter() - start
-
+    module, optimizer, batches = build_training([], tmp)
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    forward = autocast if variant == "bf16" else contextlib.nullcontext
     for _ in range(warmup):
-        step(next(batches))
+        step(module, optimizer, next(batches), forward)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    times = [step(next(batches)) for _ in range(steps)]
+    times = [step(module, optimizer, next(batches), forward) for _ in range(steps)]
     after = resource.getrusage(resource.RUSAGE_SELF)
     faults = (after.ru_minflt - before.ru_minflt) / steps
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / steps

@@ -14,6 +14,7 @@ before spending minutes of training on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 
@@ -24,7 +25,8 @@ from illustrious.config import instantiate
 from illustrious.train import build_module
 
 
-def build(overrides: list[str], output_dir: str):
+def build_training(overrides: list[str], output_dir: str):
+    """(module, AdamW, an iterator over the config's training batches), outside a Trainer."""
     cfg = compose(overrides, output_dir)
     torch.manual_seed(cfg.seed)
     datamodule = instantiate(cfg.data, captions=instantiate(cfg.captions))
@@ -32,12 +34,21 @@ def build(overrides: list[str], output_dir: str):
     module = build_module(cfg, instantiate(cfg.backbone)).train()
     module.log = lambda *args, **kwargs: None  # outside a Trainer: nothing to log to
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    return module, optimizer, next(iter(datamodule.train_dataloader()))
+    return module, optimizer, iter(datamodule.train_dataloader())
 
 
-def step(module, optimizer, batch) -> float:
+def build(overrides: list[str], output_dir: str):
+    """(module, AdamW, one fixed batch): every round of a variant times the same batch."""
+    module, optimizer, batches = build_training(overrides, output_dir)
+    return module, optimizer, next(batches)
+
+
+def step(module, optimizer, batch, forward_context=contextlib.nullcontext) -> float:
+    """Seconds for one optimizer step; `forward_context()` wraps the forward pass (e.g. an autocast)."""
     start = time.perf_counter()
-    module.training_step(batch, 0).backward()
+    with forward_context():
+        loss = module.training_step(batch, 0)
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad()
     return time.perf_counter() - start
