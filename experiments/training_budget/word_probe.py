@@ -73,9 +73,8 @@ def image_change(held: ShapesDataset, count: int, kind: str) -> tuple[float, flo
 
 
 @torch.no_grad()
-def probe(checkpoint: str, images: int, ts: list[float]) -> list[dict]:
-    module, cfg, _ = module_from_checkpoint(checkpoint)
-    module.eval()
+def probe(module, cfg, images: int, ts: list[float]) -> tuple[list[dict], dict]:
+    """Per t, the loss with each prompt set; and what each swap changes in the clean images."""
     held = ShapesDataset(length=100_000, width=int(cfg.data.width), height=int(cfg.data.height),
                          seed=int(cfg.seed) + HELD_OUT_SEED_OFFSET)
     items = [held[i] for i in range(images)]
@@ -102,10 +101,8 @@ GRID_PROMPTS = (("red", "black"), ("blue", "white"), ("yellow", "grey"), ("green
 
 
 @torch.no_grad()
-def shape_rows(checkpoint: str, out: Path, seed: int = 7, scale: int = 6, **sampling) -> None:
+def shape_rows(module, cfg, out: Path, seed: int = 7, scale: int = 6, **sampling) -> None:
     """One row per shape word, prompts otherwise equal: a model that ignores the word draws three equal rows."""
-    module, cfg, _ = module_from_checkpoint(checkpoint)
-    module.eval()
     height, width = int(cfg.data.height), int(cfg.data.width)
     rows = []
     for shape in SHAPES:
@@ -126,13 +123,15 @@ def main() -> None:
     parser.add_argument("--cfg-trunc-ratio", type=float, help="the grid's CFG truncation (default: the run's own)")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
+        module, cfg, _ = module_from_checkpoint(checkpoint)
+        module.eval()
         if args.grid:
             sampling = {} if args.cfg_trunc_ratio is None else {"cfg_trunc_ratio": args.cfg_trunc_ratio}
-            shape_rows(checkpoint, args.grid.with_name(f"{args.grid.stem}_{Path(checkpoint).stem}.png"), **sampling)
+            shape_rows(module, cfg, args.grid.with_name(f"{args.grid.stem}_{Path(checkpoint).stem}.png"), **sampling)
         print(f"\n{checkpoint}\n")
         print("| t | loss, true caption | shape swapped | colour swapped | background swapped | empty prompt |")
         print("|---|---|---|---|---|---|")
-        rows, changes = probe(checkpoint, args.images, args.t)
+        rows, changes = probe(module, cfg, args.images, args.t)
         for row in rows:
             true = row["true"]
             cells = [f"{row[k]:.4f} ({100 * (row[k] / true - 1):+.1f} %)" for k in (*KINDS, "empty")]
