@@ -28,7 +28,8 @@ def require_checkpoint_file(value) -> None:
     if path.is_dir():  # an FSDP run's sharded checkpoint is a folder
         raise ConfigError(f"checkpoint={value!r} is a folder, not a checkpoint file; if it is an FSDP run's sharded "
                           f"checkpoint, make one file of it first: python -m illustrious.consolidate {value} "
-                          "<file.safetensors> --allow-pickle")
+                          "<file.safetensors> --allow-pickle (that reads the folder's pickled index: only for a folder "
+                          "you trust)")
     if not path.is_file():
         raise MissingPathError(f"checkpoint={value!r} does not exist: give a training checkpoint, e.g. "
                                "checkpoint=outputs/<date>/<time>/checkpoints/last.safetensors")
